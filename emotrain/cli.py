@@ -1,0 +1,65 @@
+"""The ``emotrain`` command.
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; only the chosen one is imported, so ``emotrain --help`` answers at
+once without loading torch or DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from emotrain.config import ConfigError
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("emotrain.data.synthetic", "write a small, learnable corpus in the real AvaMERG layout"),
+    "pack": ("emotrain.data.pack", "pack an AvaMERG folder into WebDataset shards + manifests"),
+    "inspect": ("emotrain.models.inspect", "parameter counts (trainable / frozen) per module of a model config"),
+    "train": ("emotrain.train", "train one model in this process (launchers run launch/train.py)"),
+    "evaluate": ("emotrain.evaluate", "score a run on val or test, on every rank, each turn exactly once"),
+    "fuse": ("emotrain.fusion.cli", "calibrate and late-fuse the audio and video runs; report on test"),
+    "export": ("emotrain.export", "write a run's weights as a plain safetensors file + config"),
+    "demo": ("emotrain.demo", "synthesise, pack, train both models, evaluate, fuse: the whole job"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<9} {desc}" for name, (_, desc) in SUBCOMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="emotrain",
+        description="Multimodal emotion recognition on AvaMERG: shards, distributed training, late fusion.",
+        epilog=f"commands:\n{lines}\n\nRun `emotrain COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=sorted(SUBCOMMANDS), metavar="COMMAND", help="one of the commands below")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0
+    if argv[0] not in SUBCOMMANDS:
+        top.error(f"unknown command {argv[0]!r} (choose from {', '.join(SUBCOMMANDS)})")
+    name = argv[0]
+    module_name, description = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"emotrain {name}", description=description)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except ConfigError as err:
+        print(f"emotrain {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emotrain {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: reading AvaMERG, the synthetic corpus, shard packing and streaming."""
