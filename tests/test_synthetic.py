@@ -382,3 +382,16 @@ def test_cli_prints_a_summary_and_reports_bad_input(tmp_path, capsys):
     assert cli_main(["synth", "--out", str(out), "--conversations", "1", "--no-progress"]) == 2
     assert "already holds a corpus" in capsys.readouterr().err
     assert cli_main(["synth", "--out", str(tmp_path / "d"), "--conversations", "1", "--fps", "0"]) == 2
+
+
+def test_the_avamerg_reader_takes_the_corpus_whole(corpus):
+    from emotrain.data.avamerg import MediaDirs, read_conversations
+
+    out, summary = corpus
+    conversations, skipped = read_conversations(out / "train.json")
+    assert skipped == [] and len(conversations) == summary["conversations"]
+    media = MediaDirs.locate(out)
+    for conversation in conversations:
+        for utterance in conversation.utterances:
+            stem = conversation.clip_stem(utterance)
+            assert media.wav(stem).is_file() and media.mp4(stem).is_file()
