@@ -1,0 +1,186 @@
+"""Text and metadata of a turn as ids: tokenised utterances and context, metadata vocab ids.
+
+Tokenising happens per turn in the loader workers; padding happens per batch in the collate
+(:func:`pad_token_batch`), to the longest sequence in the batch rather than to the configured
+maxima, so short dialogues do not pay for 128-token rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from emotrain.data.schema import META_FIELDS, UNKNOWN_ID, VOCAB_FIELDS
+from emotrain.errors import UserError
+from emotrain.labels import normalise_word
+
+# Texts that may feed the context input: the situation, then the chain-of-empathy fields
+# (never ``speaker_emotion``, the label). The real ``context`` often names the emotion.
+CONTEXT_FIELDS = ("context", "event_scenario", "emotion_cause", "goal_to_response")
+
+
+@dataclass
+class TextConfig:
+    """Which tokenizer, how long, and which texts make up a turn's context input."""
+
+    tokenizer: str = "bert-base-uncased"  # a hub name, a local HF tokenizer folder, or a folder with vocab.txt
+    max_utterance_tokens: int = 128
+    max_context_tokens: int = 256
+    context_fields: list[str] = field(default_factory=lambda: ["context"])
+    max_utterances: int = 8
+
+    def validate(self) -> None:
+        if not self.tokenizer:
+            raise ValueError("tokenizer must name a tokenizer or a folder")
+        if self.max_utterance_tokens < 2 or self.max_context_tokens < 2:
+            raise ValueError("max_utterance_tokens and max_context_tokens must be >= 2 ([CLS] and [SEP])")
+        if self.max_utterances < 1:
+            raise ValueError("max_utterances must be >= 1")
+        unknown = [f for f in self.context_fields if f not in CONTEXT_FIELDS]
+        if unknown:
+            raise ValueError(f"context_fields: unknown {unknown} (choose from {list(CONTEXT_FIELDS)})")
+        if len(set(self.context_fields)) != len(self.context_fields):
+            raise ValueError("context_fields lists a field twice")
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """A fast Hugging Face tokenizer from a hub name or a local folder.
+
+    A folder holding only a WordPiece ``vocab.txt`` (like ``configs/tokenizers/tiny-wordpiece``)
+    becomes an uncased ``BertTokenizerFast``; anything else goes to ``AutoTokenizer``, which
+    honours ``HF_HUB_OFFLINE`` and the local cache.
+    """
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    path = Path(name_or_path)
+    if path.is_dir() and (path / "vocab.txt").is_file() and not any(
+        (path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        return BertTokenizerFast.from_pretrained(str(path), do_lower_case=True)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load tokenizer {name_or_path!r}: {str(err).splitlines()[0]}") from None
+
+
+def context_text(record: dict[str, Any], turn: dict[str, Any], fields: list[str]) -> str:
+    """The chosen context texts of a turn joined in order (``context`` is per conversation)."""
+    parts = [record.get(f) if f == "context" else turn.get(f) for f in fields]
+    return " ".join(str(p).strip() for p in parts if p and str(p).strip())
+
+
+def tokenize_turn(tokenizer: Any, utterance_texts: list[str], context: str, cfg: TextConfig) -> dict[str, Any]:
+    """Token ids of a turn's utterances (oldest first) and its context, unpadded.
+
+    Returns ``utt_input_ids`` (a list of int64 arrays, one per utterance, each at most
+    ``max_utterance_tokens`` long including [CLS]/[SEP]) and ``ctx_input_ids`` (one int64 array,
+    at most ``max_context_tokens``; an empty context gives just [CLS][SEP]).
+    """
+    if not utterance_texts:
+        raise ValueError("a turn needs at least one utterance")
+    if len(utterance_texts) > cfg.max_utterances:
+        raise ValueError(f"{len(utterance_texts)} utterances given, max_utterances is {cfg.max_utterances}")
+    utts = tokenizer(list(utterance_texts), truncation=True, max_length=cfg.max_utterance_tokens)["input_ids"]
+    ctx = tokenizer(context, truncation=True, max_length=cfg.max_context_tokens)["input_ids"]
+    return {
+        "utt_input_ids": [np.asarray(ids, dtype=np.int64) for ids in utts],
+        "ctx_input_ids": np.asarray(ctx, dtype=np.int64),
+    }
+
+
+def pad_token_batch(
+    tokens: list[dict[str, Any]], num_utterances: int | None = None, pad_id: int = 0
+) -> dict[str, torch.Tensor]:
+    """Pad :func:`tokenize_turn` outputs into batch tensors, to the longest in the batch.
+
+    ``utt_input_ids``/``utt_attention_mask`` [B, U, Lu] (utterance slots past a turn's own
+    count are all padding, mask 0) and ``ctx_input_ids``/``ctx_attention_mask`` [B, Lc].
+    ``num_utterances`` fixes U (default: the most utterances in the batch).
+    """
+    batch = len(tokens)
+    most = max(len(t["utt_input_ids"]) for t in tokens)
+    slots = most if num_utterances is None else num_utterances
+    if slots < most:
+        raise ValueError(f"num_utterances={slots} but a turn has {most} utterances")
+    utt_len = max(len(ids) for t in tokens for ids in t["utt_input_ids"])
+    ctx_len = max(len(t["ctx_input_ids"]) for t in tokens)
+    utt_ids = np.full((batch, slots, utt_len), pad_id, dtype=np.int64)
+    utt_mask = np.zeros((batch, slots, utt_len), dtype=np.int64)
+    ctx_ids = np.full((batch, ctx_len), pad_id, dtype=np.int64)
+    ctx_mask = np.zeros((batch, ctx_len), dtype=np.int64)
+    for i, t in enumerate(tokens):
+        for j, ids in enumerate(t["utt_input_ids"]):
+            utt_ids[i, j, : len(ids)] = ids
+            utt_mask[i, j, : len(ids)] = 1
+        ctx = t["ctx_input_ids"]
+        ctx_ids[i, : len(ctx)] = ctx
+        ctx_mask[i, : len(ctx)] = 1
+    return {
+        "utt_input_ids": torch.from_numpy(utt_ids),
+        "utt_attention_mask": torch.from_numpy(utt_mask),
+        "ctx_input_ids": torch.from_numpy(ctx_ids),
+        "ctx_attention_mask": torch.from_numpy(ctx_mask),
+    }
+
+
+# Where each META_FIELDS column reads its value: (part of the sample, key).
+_META_SOURCES = {
+    "speaker_age": ("speaker_profile", "age"),
+    "speaker_gender": ("speaker_profile", "gender"),
+    "speaker_timbre": ("speaker_profile", "timbre"),
+    "speaker_id": ("speaker_profile", "ID"),
+    "listener_age": ("listener_profile", "age"),
+    "listener_gender": ("listener_profile", "gender"),
+    "listener_timbre": ("listener_profile", "timbre"),
+    "listener_id": ("listener_profile", "ID"),
+    "topic": ("record", "topic"),
+    "event_scenario": ("turn", "event_scenario"),
+}
+
+
+def normalise_meta(field_name: str, value: Any) -> str:
+    """The vocabulary form of a metadata value: avatar ids as decimal strings, words lower-cased."""
+    if value is None:
+        return ""
+    if field_name == "avatar_id":
+        text = str(value).strip()
+        try:
+            return str(int(text))
+        except ValueError:
+            return normalise_word(text)
+    return normalise_word(str(value))
+
+
+class MetadataEncoder:
+    """Conversation profiles, topic and turn chain -> the ``meta_ids`` row, 0 for anything unseen.
+
+    ``vocab`` is the manifest's (built from train only, id = position + 1), so an id means the
+    same string in every split.
+    """
+
+    def __init__(self, vocab: dict[str, list[str]]):
+        unknown = sorted(set(vocab) - set(VOCAB_FIELDS))
+        if unknown:
+            raise ValueError(f"vocab has unknown field(s) {unknown}")
+        self.ids = {
+            name: {normalise_meta(name, v): i + 1 for i, v in enumerate(vocab.get(name, []))} for name in VOCAB_FIELDS
+        }
+
+    def encode(self, record: dict[str, Any], turn: dict[str, Any]) -> np.ndarray:
+        """int64 [len(META_FIELDS)] for one turn of a shard ``json`` record."""
+        parts = {
+            "record": record,
+            "turn": turn,
+            "speaker_profile": record.get("speaker_profile") or {},
+            "listener_profile": record.get("listener_profile") or {},
+        }
+        row = np.full(len(META_FIELDS), UNKNOWN_ID, dtype=np.int64)
+        for i, (column, vocab_field) in enumerate(META_FIELDS):
+            part, key = _META_SOURCES[column]
+            value = normalise_meta(vocab_field, parts[part].get(key))
+            row[i] = self.ids[vocab_field].get(value, UNKNOWN_ID) if value else UNKNOWN_ID
+        return row
