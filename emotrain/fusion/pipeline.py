@@ -1,0 +1,140 @@
+"""The fusion recipe: fit on validation, choose on validation, report everything on test.
+
+Test labels are read only by :func:`emotrain.metrics.compute_metrics`, after every
+temperature, weight and network has been fitted and the strategy has been chosen, so a
+test score here is an honest estimate (the tests shuffle test labels to prove it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from emotrain.errors import UserError
+from emotrain.fusion.calibration import TemperatureConfig, fit_temperature, scaled_log_probs
+from emotrain.fusion.late import (
+    ConfidenceConfig,
+    ConfidenceFusion,
+    FusionStrategy,
+    MeanFusion,
+    WeightedConfig,
+    WeightedFusion,
+    select_on_val,
+)
+from emotrain.fusion.learned import GatingConfig, GatingFusion, StackingConfig, StackingFusion
+from emotrain.fusion.runs import Aligned, RunPredictions, align, check_same_classes
+from emotrain.metrics import BOOTSTRAP_RESAMPLES, ECE_BINS, compute_metrics
+
+MODEL_NAMES = ("audio", "video")
+
+
+@dataclass
+class MetricsConfig:
+    ece_bins: int = ECE_BINS
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
+    bootstrap_seed: int = 0
+
+    def validate(self) -> None:
+        if self.ece_bins < 1 or self.bootstrap_resamples < 1:
+            raise ValueError("ece_bins and bootstrap_resamples must be >= 1")
+
+
+_FACTORIES: dict[str, Callable[["FusionConfig"], FusionStrategy]] = {
+    "mean": lambda c: MeanFusion(c.temperature),
+    "weighted": lambda c: WeightedFusion(c.weighted, c.temperature),
+    "confidence_maxprob": lambda c: ConfidenceFusion("max_prob", c.confidence, c.temperature),
+    "confidence_entropy": lambda c: ConfidenceFusion("entropy", c.confidence, c.temperature),
+    "stacking": lambda c: StackingFusion(c.stacking, c.temperature),
+    "gating": lambda c: GatingFusion(c.gating, c.temperature),
+}
+STRATEGY_NAMES = tuple(_FACTORIES)
+
+
+@dataclass
+class FusionConfig:
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGY_NAMES))
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    weighted: WeightedConfig = field(default_factory=WeightedConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+    stacking: StackingConfig = field(default_factory=StackingConfig)
+    gating: GatingConfig = field(default_factory=GatingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.strategies) - set(STRATEGY_NAMES))
+        if unknown or not self.strategies or len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"strategies must be distinct names from {list(STRATEGY_NAMES)} (unknown: {unknown})")
+
+
+def build_strategies(config: FusionConfig) -> list[FusionStrategy]:
+    return [_FACTORIES[name](config) for name in config.strategies]
+
+
+@dataclass
+class FusionResult:
+    classes: list[str]
+    chosen: str
+    val_scores: dict[str, dict[str, float]]  # strategy -> val macro-F1 and NLL (the choice)
+    params: dict[str, dict[str, Any]]  # strategy or model -> fitted parameters
+    counts: dict[str, dict[str, int]]  # split -> keys both / only one model scored, unlabelled
+    rows: dict[str, dict[str, Any]]  # system -> test metrics
+
+    @property
+    def chosen_row(self) -> str:
+        return f"fusion: {self.chosen}"
+
+
+def _fused_with_fallback(strategy: FusionStrategy, test: Aligned) -> tuple[np.ndarray, np.ndarray]:
+    """Fused probabilities where both models scored; elsewhere the one model's calibrated ones."""
+    t_a, t_b = strategy.temperatures
+    probs = [strategy.predict_proba(test.a_logits, test.b_logits)]
+    labels = [test.labels]
+    for only, t in ((test.only_a, t_a), (test.only_b, t_b)):
+        probs.append(np.exp(scaled_log_probs(only.logits, t)))
+        labels.append(only.labels)
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def fuse_runs(a: RunPredictions, b: RunPredictions, config: FusionConfig) -> FusionResult:
+    """Fit every strategy on val (keys both models scored), pick one by val macro-F1, score all on test."""
+    classes = check_same_classes(a, b)
+    val = align(a.splits["val"], b.splits["val"], "val")
+    test = align(a.splits["test"], b.splits["test"], "test")
+    if len(val.labels) == 0:
+        raise UserError("the two runs share no labelled validation keys: nothing to fit fusion on")
+    try:
+        strategies = [s.fit(val.a_logits, val.b_logits, val.labels) for s in build_strategies(config)]
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    chosen, trace = select_on_val(strategies, lambda s: s.predict_proba(val.a_logits, val.b_logits), val.labels)
+
+    m = config.metrics
+
+    def metrics(scores: np.ndarray, labels: np.ndarray, from_logits: bool) -> dict[str, Any]:
+        return compute_metrics(scores, labels, classes, from_logits=from_logits, n_bins=m.ece_bins,
+                               resamples=m.bootstrap_resamples, seed=m.bootstrap_seed)
+
+    rows: dict[str, dict[str, Any]] = {}
+    params: dict[str, dict[str, Any]] = {}
+    for name, run, val_logits in zip(MODEL_NAMES, (a, b), (val.a_logits, val.b_logits)):
+        preds = run.splits["test"]
+        keep = preds.labels >= 0
+        if not keep.any():
+            raise UserError(f"{run.path}: no labelled test predictions")
+        t = fit_temperature(val_logits, val.labels, config.temperature)
+        params[name] = {"temperature": t}
+        rows[f"{name} (raw)"] = metrics(preds.logits[keep], preds.labels[keep], True)
+        rows[f"{name} (calibrated)"] = metrics(scaled_log_probs(preds.logits[keep], t), preds.labels[keep], True)
+    for strategy in strategies:
+        params[strategy.name] = strategy.params()
+        rows[f"fusion: {strategy.name}"] = metrics(*_fused_with_fallback(strategy, test), False)
+    return FusionResult(
+        classes=classes,
+        chosen=chosen.name,
+        val_scores={t["value"].name: {"macro_f1": t["val_macro_f1"], "nll": t["val_nll"]} for t in trace},
+        params=params,
+        counts={"val": val.counts(*MODEL_NAMES), "test": test.counts(*MODEL_NAMES)},
+        rows=rows,
+    )
