@@ -1,0 +1,6 @@
+"""The two early-fusion models (A: audio + text, B: video + text) and their encoders."""
+
+from emotrain.models.build import ModelConfig, build_model
+from emotrain.models.encoders import EncoderSpec
+
+__all__ = ["EncoderSpec", "ModelConfig", "build_model"]

@@ -1,0 +1,62 @@
+"""Model A: audio (Wav2Vec2) + text (BERT) + metadata, fused early over the turn's utterances.
+
+Per utterance: [BERT CLS of its text || Wav2Vec2 mean over its clip || role embedding]; a
+Bi-LSTM and self-attention run over the utterances; the current utterance's state, the BERT
+vector of the context text and the metadata embeddings go to an MLP. BERT runs once over the
+real utterances of the whole batch (padding utterances are never encoded) and Wav2Vec2 only
+over the clips that exist; an absent clip is replaced by a learned "missing" vector.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from emotrain.models.encoders import BertCLS, Wav2Vec2Pooled
+from emotrain.models.layers import (
+    ClassifierHead, MetadataEmbedding, SequenceEncoder, current_state, missing_vector, scatter_rows,
+)
+
+if TYPE_CHECKING:
+    from emotrain.models.build import ModelConfig
+
+
+class AudioTextModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_classes: int, meta_vocab_sizes: dict[str, int], load_weights: bool = True) -> None:
+        super().__init__()
+        assert cfg.audio is not None  # ModelConfig.validate guarantees it
+        self.use_context = cfg.use_context
+        self.text_encoder = BertCLS(cfg.text, load_weights)
+        self.audio_encoder = Wav2Vec2Pooled(cfg.audio, load_weights)
+        self.audio_missing = missing_vector(self.audio_encoder.dim)
+        self.role_embedding = nn.Embedding(3, cfg.role_dim, padding_idx=0)
+        self.utterances = SequenceEncoder(
+            self.text_encoder.dim + self.audio_encoder.dim + cfg.role_dim,
+            cfg.hidden, cfg.lstm_layers, cfg.attention_heads, cfg.dropout,
+        )
+        self.metadata = MetadataEmbedding(meta_vocab_sizes, cfg.meta_dim)
+        context_dim = self.text_encoder.dim if cfg.use_context else 0
+        self.head = ClassifierHead(self.utterances.dim + context_dim + self.metadata.dim, cfg.mlp_hidden, num_classes, cfg.dropout)
+
+    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        utt_mask = batch["utt_mask"]
+        num_utts = batch["num_utts"]
+        text = scatter_rows(
+            self.text_encoder(batch["utt_input_ids"][utt_mask], batch["utt_attention_mask"][utt_mask]),
+            utt_mask, torch.zeros(self.text_encoder.dim, device=utt_mask.device),
+        )
+        present = batch["audio_present"] & utt_mask
+        if present.any():
+            clips = self.audio_encoder(batch["audio"][present], batch["audio_sample_mask"][present])
+            audio = scatter_rows(clips, present, self.audio_missing)
+        else:
+            audio = self.audio_missing.expand(*present.shape, -1).to(text.dtype)
+        roles = self.role_embedding(batch["utt_roles"])
+        states = self.utterances(torch.cat([text, audio.to(text.dtype), roles.to(text.dtype)], dim=-1), num_utts)
+        parts = [current_state(states, num_utts)]
+        if self.use_context:
+            parts.append(self.text_encoder(batch["ctx_input_ids"], batch["ctx_attention_mask"]))
+        parts.append(self.metadata(batch["meta_ids"]).flatten(1))
+        return self.head(torch.cat([p.to(parts[0].dtype) for p in parts], dim=-1))

@@ -1,0 +1,279 @@
+"""The two early-fusion models with tiny encoders: shapes, dtypes, masks, freezing, pretrained loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from emotrain.config import ConfigError, from_dict, load_config
+from emotrain.data.schema import META_FIELDS, meta_vocab_sizes
+from emotrain.errors import UserError
+from emotrain.models import EncoderSpec, ModelConfig, build_model
+from emotrain.models.example_batch import example_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"audio_text": ROOT / "configs/model/audio_text_tiny.yaml", "video_text": ROOT / "configs/model/video_text_tiny.yaml"}
+NUM_CLASSES = 7
+META_SIZES = {column: 5 for column, _ in META_FIELDS}
+VOCAB = 342
+
+
+def tiny_config(kind: str, overrides: list[str] | None = None) -> ModelConfig:
+    return load_config(ModelConfig, TINY[kind], overrides)
+
+
+def make_batch(kind: str, labels: list[int], **kwargs) -> dict:
+    return example_batch(kind, labels, vocab_size=VOCAB, meta_vocab=5, **kwargs)
+
+
+@pytest.fixture(params=["audio_text", "video_text"])
+def kind(request) -> str:
+    return request.param
+
+
+def test_tiny_configs_load_and_expose_loader_needs():
+    audio = tiny_config("audio_text")
+    video = tiny_config("video_text")
+    assert audio.needs_audio and not audio.needs_video
+    assert video.needs_video and not video.needs_audio
+    assert (video.video_frames(), video.video_image_size()) == (4, 32)
+    vocab_lines = (ROOT / "configs/tokenizers/tiny-wordpiece/vocab.txt").read_text().splitlines()
+    assert audio.text.config["vocab_size"] == len(vocab_lines) == video.text.config["vocab_size"]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"kind": "audio_text"}, "needs an `audio`"),
+    ({"kind": "video_text", "video": {}, "audio": {}}, "no `audio`"),
+    ({"kind": "video_text", "video": {}, "hidden": 10, "attention_heads": 8}, "divisible"),
+    ({"kind": "video_text", "video": {}, "dropout": 1.0}, "dropout"),
+    ({"kind": "video_text", "video": {"freeze_layers": -1}}, "freeze_layers"),
+    ({"kind": "mixed"}, "not one of"),
+])
+def test_model_config_rejects_nonsense(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(ModelConfig, data)
+
+
+def test_unknown_encoder_config_key_is_an_error():
+    cfg = tiny_config("video_text", ["video.config.hiden_size=8"])
+    with pytest.raises(UserError, match="hiden_size"):
+        build_model(cfg, NUM_CLASSES, META_SIZES)
+
+
+def test_freeze_layers_beyond_depth_is_an_error():
+    cfg = tiny_config("audio_text", ["text.freeze_layers=3"])
+    with pytest.raises(UserError, match="only 2 layers"):
+        build_model(cfg, NUM_CLASSES, META_SIZES)
+
+
+def test_forward_backward_fp32(kind):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES)
+    batch = make_batch(kind, [0, 3])
+    logits = model(batch)
+    assert logits.shape == (2, NUM_CLASSES) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, batch["labels"]).backward()
+    encoder = model.audio_encoder if kind == "audio_text" else model.video_encoder
+    for module in (model.text_encoder, encoder, model.head):
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), type(module).__name__
+
+
+def test_model_does_not_read_labels(kind):
+    model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES).eval()
+    batch = make_batch(kind, [1, 2])
+    expected = model(batch)
+    del batch["labels"]
+    assert torch.equal(model(batch), expected)
+
+
+def test_padding_utterances_do_not_change_the_output(kind):
+    """Extra padding utterances (U grows, masks say absent) must leave a turn's logits unchanged."""
+    model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES).eval()
+    batch = make_batch(kind, [4, 5], utterances=3)
+    padded = dict(batch)
+    for key in ("utt_input_ids", "utt_attention_mask", "utt_roles", "utt_mask", "audio", "audio_sample_mask", "audio_present"):
+        if key in batch:
+            value = batch[key]
+            extra = torch.zeros((value.shape[0], 2, *value.shape[2:]), dtype=value.dtype)
+            padded[key] = torch.cat([value, extra], dim=1)
+    torch.testing.assert_close(model(padded), model(batch), rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_autocast_forward_backward(kind):
+    model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES)
+    batch = make_batch(kind, [2, 6])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(batch)
+    assert logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits.float(), batch["labels"]).backward()
+    assert model.head.net[-1].weight.grad is not None and torch.isfinite(model.head.net[-1].weight.grad).all()
+    assert any(p.grad is not None for p in model.text_encoder.parameters())
+
+
+def test_bf16_parameters_forward_backward(kind):
+    """DeepSpeed bf16 casts the parameters (not autocast); float inputs may stay fp32."""
+    model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES).to(torch.bfloat16)
+    batch = make_batch(kind, [2, 6])
+    logits = model(batch)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    torch.nn.functional.cross_entropy(logits.float(), batch["labels"]).backward()
+    assert model.head.net[-1].weight.grad.dtype == torch.bfloat16
+    bf16_inputs = {k: v.bfloat16() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+    assert torch.isfinite(model(bf16_inputs).float()).all()
+
+
+def test_gradient_checkpointing_trains(kind):
+    media = "audio" if kind == "audio_text" else "video"
+    cfg = tiny_config(kind, ["text.gradient_checkpointing=true", f"{media}.gradient_checkpointing=true", "text.freeze_layers=1"])
+    model = build_model(cfg, NUM_CLASSES, META_SIZES)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.text_encoder.modules())
+    model(make_batch(kind, [0, 1])).sum().backward()
+    last = model.text_encoder.model.encoder.layer[-1].output.dense.weight
+    assert last.grad is not None and last.grad.abs().sum() > 0
+
+
+def test_clip_vector_ignores_sample_padding_with_layer_norm_wav2vec2():
+    """With a layer-norm feature encoder the attention mask is passed and padding is masked out."""
+    from emotrain.models.encoders import Wav2Vec2Pooled
+
+    config = dict(tiny_config("audio_text").audio.config, feat_extract_norm="layer", do_stable_layer_norm=True)
+    encoder = Wav2Vec2Pooled(EncoderSpec(config=config)).eval()
+    assert encoder.pass_attention_mask
+    wave = torch.randn(1, 8000)
+    padded = torch.cat([wave, torch.zeros(1, 8000)], dim=1)
+    mask = torch.cat([torch.ones(1, 8000, dtype=torch.long), torch.zeros(1, 8000, dtype=torch.long)], dim=1)
+    other = torch.randn(1, 16000)  # a longer clip in the same batch keeps the padding
+    with torch.no_grad():
+        alone = encoder(wave, torch.ones(1, 8000, dtype=torch.long))
+        together = encoder(torch.cat([padded, other]), torch.cat([mask, torch.ones(1, 16000, dtype=torch.long)]))
+    torch.testing.assert_close(together[0], alone[0], rtol=1e-4, atol=1e-4)
+
+
+def test_missing_media_gives_finite_logits_and_trains_the_missing_vector(kind):
+    model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES)
+    batch = make_batch(kind, [0, 1])
+    if kind == "audio_text":
+        batch["audio_present"][:] = False
+        batch["audio"].zero_()
+        batch["audio_sample_mask"].zero_()
+        missing, encoder = model.audio_missing, model.audio_encoder
+    else:
+        batch["video_present"][:] = False
+        batch["video"].zero_()
+        missing, encoder = model.video_missing, model.video_encoder
+    logits = model(batch)
+    assert torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert missing.grad is not None and missing.grad.abs().sum() > 0
+    assert all(p.grad is None for p in encoder.parameters())  # the encoder never ran
+
+
+def test_partly_missing_media_uses_encoder_and_missing_vector(kind):
+    model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES)
+    batch = make_batch(kind, [0, 1, 2])
+    if kind == "audio_text":
+        batch["audio_present"][1] = False
+        missing, encoder = model.audio_missing, model.audio_encoder
+    else:
+        batch["video_present"][1] = False
+        missing, encoder = model.video_missing, model.video_encoder
+    logits = model(batch)
+    assert torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert missing.grad is not None and any(p.grad is not None for p in encoder.parameters())
+
+
+def test_frozen_parameters_get_no_gradient(kind):
+    overrides = ["text.freeze_layers=1"]
+    overrides += ["audio.freeze_feature_encoder=true"] if kind == "audio_text" else ["video.freeze=true"]
+    model = build_model(tiny_config(kind, overrides), NUM_CLASSES, META_SIZES)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("text_encoder.model.embeddings.") for n in frozen)
+    assert any(n.startswith("text_encoder.model.encoder.layer.0.") for n in frozen)
+    assert not any(n.startswith("text_encoder.model.encoder.layer.1.") for n in frozen)
+    if kind == "audio_text":
+        assert any(n.startswith("audio_encoder.model.feature_extractor.") for n in frozen)
+        assert not any(n.startswith("audio_encoder.model.encoder.layers.") for n in frozen)
+    else:
+        assert all(not p.requires_grad for p in model.video_encoder.parameters())
+    model(make_batch(kind, [3, 4])).sum().backward()
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert p.grad is None, name
+    trainable_grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None for g in trainable_grads) > len(trainable_grads) // 2
+
+
+def test_video_shape_mismatch_is_a_clear_error():
+    model = build_model(tiny_config("video_text"), NUM_CLASSES, META_SIZES)
+    with pytest.raises(UserError, match="expects 4 frames of 32x32"):
+        model(make_batch("video_text", [0, 1], frames=3))
+
+
+def test_meta_vocab_sizes_from_manifest_vocab():
+    vocab = {"age": ["child", "young"], "gender": ["f", "m"], "topic": ["a", "b", "c"]}
+    model = build_model(tiny_config("audio_text"), NUM_CLASSES, meta_vocab_sizes(vocab))
+    sizes = [table.num_embeddings for table in model.metadata.tables]
+    assert sizes == [meta_vocab_sizes(vocab)[c] for c, _ in META_FIELDS]
+    assert sizes[0] == 3 and sizes[8] == 4 and sizes[3] == 1
+
+
+def _save_tiny(kind: str, spec_config: dict, path: Path) -> dict[str, torch.Tensor]:
+    from transformers import BertConfig, BertModel, TimesformerConfig, TimesformerModel, Wav2Vec2Config, Wav2Vec2Model
+
+    classes = {"text": (BertConfig, BertModel), "audio": (Wav2Vec2Config, Wav2Vec2Model),
+               "video": (TimesformerConfig, TimesformerModel)}
+    config_cls, model_cls = classes[kind]
+    torch.manual_seed(123)
+    extra = {"add_pooling_layer": False} if kind == "text" else {}
+    model = model_cls(config_cls(**spec_config), **extra)
+    with torch.no_grad():  # values no init code would produce, so a re-init cannot go unnoticed
+        for p in model.parameters():
+            p.add_(torch.rand_like(p))
+    model.save_pretrained(path)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_pretrained_weights_load_unchanged(kind, tmp_path):
+    cfg = tiny_config(kind)
+    media = "audio" if kind == "audio_text" else "video"
+    saved = {}
+    for part in ("text", media):
+        spec: EncoderSpec = getattr(cfg, part)
+        saved[part] = _save_tiny(part, spec.config, tmp_path / part)
+        setattr(cfg, part, EncoderSpec(pretrained=str(tmp_path / part), freeze_layers=1))
+    torch.manual_seed(0)
+    model = build_model(cfg, NUM_CLASSES, META_SIZES)
+    loaded = {"text": model.text_encoder.model, media: getattr(model, f"{media}_encoder").model}
+    for part, state in saved.items():
+        now = loaded[part].state_dict()
+        assert set(now) == set(state), part
+        for name, tensor in state.items():
+            assert torch.equal(now[name], tensor), f"{part}: {name} changed"
+    # Defaults for pretrained weights: BERT's embeddings frozen, Wav2Vec2's conv encoder frozen.
+    assert not model.text_encoder.model.embeddings.word_embeddings.weight.requires_grad
+    if kind == "audio_text":
+        assert not any(p.requires_grad for p in model.audio_encoder.model.feature_extractor.parameters())
+    assert model(make_batch(kind, [0, 1])).shape == (2, NUM_CLASSES)
+
+
+def test_missing_pretrained_folder_is_a_user_error(tmp_path):
+    cfg = tiny_config("audio_text")
+    cfg.text = EncoderSpec(pretrained=str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="cannot load the bert"):
+        build_model(cfg, NUM_CLASSES, META_SIZES)
+
+
+def test_spec_augment_on_very_short_clips():
+    """SpecAugment needs mask_time_length frames: clips shorter than that still train."""
+    cfg = tiny_config("audio_text", ["audio.config.apply_spec_augment=true", "audio.config.mask_time_prob=0.5",
+                                     "audio.config.mask_time_length=10"])
+    model = build_model(cfg, NUM_CLASSES, META_SIZES).train()
+    batch = make_batch("audio_text", [0, 1], seconds=0.1)  # at most 5 frames of 20 ms
+    logits = model(batch)
+    assert torch.isfinite(logits).all()
+    logits.sum().backward()
