@@ -1,0 +1,417 @@
+"""Pack an AvaMERG folder into WebDataset shards, one conversation per sample.
+
+Why the shape of this module:
+- *A fixed plan, then parallel writers.* Shard boundaries are decided up front from file
+  sizes, so shard ``i`` always holds the same conversations. That is what lets worker
+  processes write shards independently and lets a re-run keep every finished shard. (A
+  rolling ``wds.ShardWriter`` decides boundaries while it writes, which rules out both;
+  each shard is written with ``wds.TarWriter``, the writer ShardWriter itself wraps.)
+- *Atomic.* A shard is written to ``.tmp`` and renamed; a sidecar ``.done.json`` with its
+  sha256 and the plan fingerprint is written after it. Only shards with a matching,
+  verified sidecar are kept on resume, and ``manifest.json`` is written last.
+- *Nothing lost, nothing fatal.* A bad clip is recorded as missing with its reason and its
+  conversation is still packed; bad records are skipped with their reason (see
+  ``avamerg.py``); the run fails with one line only when nothing was packed or too much
+  was skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from emotrain.data.avamerg import Conversation, MediaDirs, Skipped, read_conversations
+from emotrain.data.schema import UNLABELLED, VOCAB_FIELDS, mp4_member, wav_member
+from emotrain.data.splits import SPLITS, SplitRecipe, assign_splits
+from emotrain.errors import UserError
+from emotrain.labels import LabelScheme, load_scheme, normalise_word
+
+MANIFEST = "manifest.json"
+DONE_SUFFIX = ".done.json"
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    source: Path
+    out: Path
+    scheme: LabelScheme
+    recipe: SplitRecipe
+    json_name: str = "train.json"
+    audio_dir: Path | None = None
+    video_dir: Path | None = None
+    workers: int = 1
+    shard_mb: float = 256.0
+    max_per_shard: int = 1000
+    max_clip_mb: float = 64.0
+    max_skip_frac: float = 0.2
+    progress: bool = True
+
+
+@dataclass
+class ShardTask:
+    """Everything a worker needs to write one shard, decided by the main process."""
+
+    path: Path
+    fingerprint: str
+    conversations: list[Conversation]
+    labels: list[list[int]]
+    media: MediaDirs
+    max_clip_bytes: int
+
+
+def _read_clip(path: Path, max_bytes: int) -> tuple[bytes | None, str]:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None, "missing file"
+    if size == 0:
+        return None, "zero-byte file"
+    if size > max_bytes:
+        return None, f"over size limit ({size} > {max_bytes} bytes)"
+    return path.read_bytes(), ""
+
+
+def encode_conversation(
+    conv: Conversation, labels: list[int], media: MediaDirs, max_clip_bytes: int
+) -> tuple[dict[str, Any], list[Skipped], int]:
+    """One shard sample for ``conv``, the clips that could not be used, and the clip count."""
+    from emotrain.data.media import MediaError, encode_wav_16k, load_wav_16k, probe_mp4
+
+    sample: dict[str, Any] = {
+        "__key__": conv.conversation_id,
+        "json": json.dumps(conv.shard_json(), ensure_ascii=False).encode("utf-8"),
+        "labels.json": json.dumps(labels).encode("utf-8"),
+    }
+    skipped: list[Skipped] = []
+    clips = 0
+    for utt in conv.utterances:
+        stem = conv.clip_stem(utt)
+        if stem is None:
+            skipped.append(Skipped("clip", f"{conv.conversation_id}/utt{utt.index}", f"no {utt.role} profile ID"))
+            continue
+        data, reason = _read_clip(media.wav(stem), max_clip_bytes)
+        if data is not None:
+            try:
+                sample[wav_member(utt.index)] = encode_wav_16k(load_wav_16k(data))
+                clips += 1
+            except MediaError as err:
+                reason = f"undecodable wav: {err}"
+        if reason:
+            skipped.append(Skipped("clip", f"{stem}.wav", reason))
+        data, reason = _read_clip(media.mp4(stem), max_clip_bytes)
+        if data is not None:
+            ok, why = probe_mp4(data)
+            if ok:
+                sample[mp4_member(utt.index)] = data
+                clips += 1
+            else:
+                reason = f"undecodable mp4: {why}"
+        if reason:
+            skipped.append(Skipped("clip", f"{stem}.mp4", reason))
+    return sample, skipped, clips
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _done_path(shard: Path) -> Path:
+    return shard.with_name(shard.name + DONE_SUFFIX)
+
+
+def finished_shard(task: ShardTask) -> dict[str, Any] | None:
+    """The sidecar of a shard a previous run finished for the same plan, if it verifies."""
+    done = _done_path(task.path)
+    if not (task.path.is_file() and done.is_file()):
+        return None
+    try:
+        record = json.loads(done.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("fingerprint") != task.fingerprint or record.get("sha256") != _sha256(task.path):
+        return None
+    return record
+
+
+def write_shard(task: ShardTask) -> dict[str, Any]:
+    """Write one shard atomically (or keep a verified one) and return its sidecar record."""
+    import webdataset as wds
+
+    record = finished_shard(task)
+    if record is not None:
+        return {**record, "resumed": True}
+    tmp = task.path.with_name(task.path.name + ".tmp")
+    skipped: list[Skipped] = []
+    clips = 0
+    # A fixed member mtime makes a shard a pure function of its content, so re-packing the same
+    # corpus gives the same bytes (and sha256) whether a shard was kept or redone.
+    with wds.TarWriter(str(tmp), mtime=0.0) as sink:
+        for conv, labels in zip(task.conversations, task.labels):
+            sample, clip_skips, n = encode_conversation(conv, labels, task.media, task.max_clip_bytes)
+            sink.write(sample)
+            skipped.extend(clip_skips)
+            clips += n
+    os.replace(tmp, task.path)
+    record = {
+        "name": task.path.name,
+        "conversations": len(task.conversations),
+        "keys": [c.conversation_id for c in task.conversations],
+        "clips": clips,
+        "sha256": _sha256(task.path),
+        "fingerprint": task.fingerprint,
+        "skipped": [s.to_dict() for s in skipped],
+    }
+    _write_json_atomic(_done_path(task.path), record)
+    return {**record, "resumed": False}
+
+
+def _media_size(conv: Conversation, media: MediaDirs) -> int:
+    total = 0
+    for utt in conv.utterances:
+        stem = conv.clip_stem(utt)
+        for path in (media.wav(stem), media.mp4(stem)) if stem else ():
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def plan_shards(
+    conversations: list[Conversation], media: MediaDirs, shard_bytes: int, max_per_shard: int
+) -> list[list[Conversation]]:
+    """Consecutive groups of conversations, each up to ``shard_bytes`` of media."""
+    groups: list[list[Conversation]] = []
+    current: list[Conversation] = []
+    size = 0
+    for conv in conversations:
+        conv_size = _media_size(conv, media)
+        if current and (size + conv_size > shard_bytes or len(current) >= max_per_shard):
+            groups.append(current)
+            current, size = [], 0
+        current.append(conv)
+        size += conv_size
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _fingerprint(group: list[Conversation], labels: list[list[int]], media: MediaDirs) -> str:
+    """Changes whenever the shard's content would: records, labels, clip files (size, mtime)."""
+    digest = hashlib.sha256()
+    for conv, conv_labels in zip(group, labels):
+        digest.update(json.dumps(conv.shard_json(), sort_keys=True).encode())
+        digest.update(json.dumps(conv_labels).encode())
+        for utt in conv.utterances:
+            stem = conv.clip_stem(utt)
+            for path in (media.wav(stem), media.mp4(stem)) if stem else ():
+                try:
+                    st = path.stat()
+                    digest.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+                except OSError:
+                    digest.update(f"{path.name}:missing".encode())
+    return digest.hexdigest()
+
+
+def label_turns(conv: Conversation, scheme: LabelScheme) -> tuple[list[int], list[Skipped]]:
+    """Class index per turn; an unmapped or absent word leaves the turn unlabelled (recorded)."""
+    labels, skipped = [], []
+    for turn in conv.turns:
+        index = scheme.index(turn.emotion)
+        if index is None:
+            labels.append(UNLABELLED)
+            word = "no label" if turn.emotion is None else f"label {turn.emotion!r} not in scheme {scheme.name}"
+            skipped.append(Skipped("turn", f"{conv.conversation_id}_{turn.turn_id}", f"{word}: unlabelled"))
+        else:
+            labels.append(index)
+    return labels, skipped
+
+
+def _vocab_values(conv: Conversation) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {name: [] for name in VOCAB_FIELDS}
+    for profile in (conv.speaker, conv.listener):
+        if profile is not None:
+            values["age"].append(profile.age)
+            values["gender"].append(profile.gender)
+            values["timbre"].append(profile.timbre)
+            values["avatar_id"].append(str(profile.avatar_id))
+    values["topic"].append(conv.topic)
+    values["event_scenario"].extend(t.event_scenario for t in conv.turns)
+    return values
+
+
+def build_vocab(train: list[Conversation]) -> dict[str, list[str]]:
+    """Metadata vocabularies from the train split only, shared by every split (id = position + 1)."""
+    seen: dict[str, set[str]] = {name: set() for name in VOCAB_FIELDS}
+    for conv in train:
+        for name, values in _vocab_values(conv).items():
+            seen[name].update(normalise_word(v) for v in values if v and v.strip())
+    return {name: sorted(values) for name, values in seen.items()}
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[dict[str, Any]]:
+    total = sum(len(t.conversations) for t in tasks)
+    results: dict[Path, dict[str, Any]] = {}
+    bar = tqdm(total=total, unit="conv", desc="pack", disable=not progress, file=sys.stderr)
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            results[task.path] = write_shard(task)
+            bar.update(len(task.conversations))
+    else:
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
+            by_name = {t.path.name: t for t in tasks}
+            for record in pool.imap_unordered(write_shard, tasks):
+                task = by_name[record["name"]]
+                results[task.path] = record
+                bar.update(len(task.conversations))
+    bar.close()
+    return [results[t.path] for t in tasks]
+
+
+def _remove_stale(split_dir: Path, planned: set[str]) -> None:
+    for path in split_dir.glob("*.tar*"):
+        base = path.name.split(".tar")[0] + ".tar"
+        if base not in planned:
+            path.unlink()
+
+
+def pack(opts: PackOptions) -> dict[str, Any]:
+    """Pack every split; returns the per-split manifests. Raises UserError on a failed pack."""
+    source_json = opts.source / opts.json_name
+    if not opts.source.is_dir():
+        raise UserError(f"AvaMERG folder not found: {opts.source}")
+    conversations, input_skips = read_conversations(source_json)
+    records = len(conversations) + sum(1 for s in input_skips if s.kind == "conversation")
+    media = MediaDirs.locate(opts.source, opts.audio_dir, opts.video_dir)
+    splits, dropped = assign_splits(conversations, opts.recipe)
+    vocab = build_vocab(splits["train"])
+    name = opts.out.name
+    tasks_by_split: dict[str, list[ShardTask]] = {}
+    label_skips: dict[str, list[Skipped]] = {}
+    for split in SPLITS:
+        split_dir = opts.out / split
+        split_dir.mkdir(parents=True, exist_ok=True)
+        groups = plan_shards(splits[split], media, int(opts.shard_mb * 2**20), opts.max_per_shard)
+        tasks, skips = [], []
+        for index, group in enumerate(groups):
+            labels = []
+            for conv in group:
+                conv_labels, turn_skips = label_turns(conv, opts.scheme)
+                labels.append(conv_labels)
+                skips.extend(turn_skips)
+            path = split_dir / f"{name}-{split}-{index:06d}.tar"
+            tasks.append(ShardTask(path, _fingerprint(group, labels, media), group, labels, media, int(opts.max_clip_mb * 2**20)))
+        _remove_stale(split_dir, {t.path.name for t in tasks})
+        tasks_by_split[split] = tasks
+        label_skips[split] = skips
+    all_tasks = [t for split in SPLITS for t in tasks_by_split[split]]
+    records_by_path = dict(zip((t.path for t in all_tasks), _run_tasks(all_tasks, opts.workers, opts.progress)))
+
+    dropped_ids = [c.conversation_id for c in dropped]
+    recipe = {**opts.recipe.to_dict(), "source": str(source_json), "dropped_cross_split": dropped_ids}
+    manifests = {}
+    for split in SPLITS:
+        tasks = tasks_by_split[split]
+        shard_records = [records_by_path[t.path] for t in tasks]
+        histogram = Counter(l for t in tasks for labels in t.labels for l in labels if l != UNLABELLED)
+        skipped = [s.to_dict() for s in label_skips[split]]
+        skipped += [s for r in shard_records for s in r["skipped"]]
+        if split == "train":  # rejected before split assignment: listed once, with the source split
+            skipped = [s.to_dict() for s in input_skips] + skipped
+        manifest = {
+            "name": name,
+            "split": split,
+            "conversations": sum(r["conversations"] for r in shard_records),
+            "turns": sum(len(c.turns) for t in tasks for c in t.conversations),
+            "labelled_turns": sum(histogram.values()),
+            "clips": sum(r["clips"] for r in shard_records),
+            "label_histogram": {cls: histogram.get(i, 0) for i, cls in enumerate(opts.scheme.classes)},
+            "scheme": opts.scheme.to_dict(),
+            "shards": [{"name": r["name"], "conversations": r["conversations"], "sha256": r["sha256"]} for r in shard_records],
+            "conversation_ids": [c.conversation_id for c in splits[split]],
+            "vocab": vocab,
+            "recipe": recipe,
+            "skipped": skipped,
+        }
+        _write_json_atomic(opts.out / split / MANIFEST, manifest)
+        manifests[split] = manifest
+
+    packed = sum(m["conversations"] for m in manifests.values())
+    skipped_conversations = records - len(conversations)
+    if packed == 0:
+        raise UserError(f"nothing was packed from {source_json} ({skipped_conversations} conversation(s) skipped)")
+    if records and skipped_conversations / records > opts.max_skip_frac:
+        raise UserError(
+            f"{skipped_conversations} of {records} conversations were skipped, more than --max-skip-frac "
+            f"{opts.max_skip_frac}; see 'skipped' in {opts.out / 'train' / MANIFEST}"
+        )
+    return manifests
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--avamerg", type=Path, required=True, help="AvaMERG folder (JSON + audio_v5_0/ + video_v5_0/)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. shards/NAME")
+    parser.add_argument("--labels", default="ekman7", help="label scheme: a YAML path or a name in configs/labels/")
+    parser.add_argument("--json", default="train.json", help="the labelled JSON inside --avamerg to carve splits from")
+    parser.add_argument("--audio-dir", type=Path, help="wav folder (default: audio_v5_0/ if present, else --avamerg)")
+    parser.add_argument("--video-dir", type=Path, help="mp4 folder (default: video_v5_0/ if present, else --avamerg)")
+    parser.add_argument("--val-frac", type=float, default=0.1, help="share of conversations for val")
+    parser.add_argument("--test-frac", type=float, default=0.1, help="share of conversations for test")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the split assignment")
+    parser.add_argument("--speaker-independent", action="store_true", help="keep every avatar ID in one split only")
+    parser.add_argument("--workers", type=int, default=1, help="parallel shard writers")
+    parser.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MiB of media")
+    parser.add_argument("--max-per-shard", type=int, default=1000, help="at most this many conversations per shard")
+    parser.add_argument("--max-clip-mb", type=float, default=64.0, help="a larger clip is recorded as missing")
+    parser.add_argument("--max-skip-frac", type=float, default=0.2, help="fail when more conversations are skipped")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 1 or args.shard_mb <= 0 or args.max_per_shard < 1 or args.max_clip_mb <= 0:
+        raise UserError("--workers, --shard-mb, --max-per-shard and --max-clip-mb must be positive")
+    recipe = SplitRecipe(args.val_frac, args.test_frac, args.split_seed, args.speaker_independent)
+    try:
+        recipe.validate()
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    opts = PackOptions(
+        source=args.avamerg, out=args.out, scheme=load_scheme(args.labels), recipe=recipe, json_name=args.json,
+        audio_dir=args.audio_dir, video_dir=args.video_dir, workers=args.workers, shard_mb=args.shard_mb,
+        max_per_shard=args.max_per_shard, max_clip_mb=args.max_clip_mb, max_skip_frac=args.max_skip_frac,
+        progress=not args.no_progress,
+    )
+    manifests = pack(opts)
+    for split, m in manifests.items():
+        print(
+            f"{split:>5}: {m['conversations']} conversations, {m['labelled_turns']} labelled turns, "
+            f"{m['clips']} clips, {len(m['shards'])} shards, {len(m['skipped'])} skipped -> {args.out / split}"
+        )
+    return 0
