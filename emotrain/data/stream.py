@@ -1,0 +1,309 @@
+"""WebDataset pipelines: conversation shards in, batches of turns out, on every rank and worker.
+
+Stages, per dataloader worker: shard urls (``shardlists``: seeded, split by rank then worker)
+-> tar members grouped into conversation samples (raw bytes; a broken member is skipped and
+counted) -> shuffle buffer over the *raw* conversations (train only; decoding after the buffer
+keeps worker memory flat) -> expand each conversation into its turn samples, decoding each clip
+at most once per conversation -> collate into fixed-size batches (train: full batches only;
+eval: a last partial batch). Counters of what was skipped ride along in every batch.
+
+Batch contract (dict; B turns, U utterance slots, L token lengths):
+
+- ``keys``: list[str] turn keys ``{conversation_id}_{turn_id}``
+- ``labels``: LongTensor [B], class index (unlabelled turns are not yielded)
+- ``utt_input_ids``, ``utt_attention_mask``: LongTensor [B, U, Lu]: the turn's last
+  ``max_utterances`` utterances, oldest first, left-aligned on U (padding slots at the end)
+- ``utt_roles``: LongTensor [B, U], 0 = padding, 1 = speaker, 2 = listener
+- ``utt_mask``: BoolTensor [B, U]; ``num_utts``: LongTensor [B]; the current (labelled)
+  utterance is at ``num_utts - 1``
+- ``ctx_input_ids``, ``ctx_attention_mask``: LongTensor [B, Lc], the context text built from
+  ``text.context_fields``
+- ``meta_ids``: LongTensor [B, len(META_FIELDS)], 0 = unknown
+- audio models only: ``audio`` FloatTensor [B, U, S] (16 kHz, S = max_seconds * 16000),
+  ``audio_sample_mask`` LongTensor [B, U, S], ``audio_present`` BoolTensor [B, U]
+- video models only: ``video`` FloatTensor [B, T, 3, H, W] (the current utterance's clip),
+  ``video_present`` BoolTensor [B]
+- ``skipped``: dict[str, int], what this batch's worker skipped since its previous batch
+  (``shard_errors``, ``bad_conversations``, ``bad_clips``); the training loop sums them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from emotrain.data.media import AudioConfig, MediaError, VideoConfig, decode_audio, decode_video
+from emotrain.data.schema import ROLE_IDS, UNLABELLED, mp4_member, wav_member
+from emotrain.data.shardlists import ShardSource
+from emotrain.data.text import MetadataEncoder, TextConfig, context_text, load_tokenizer, pad_token_batch, tokenize_turn
+from emotrain.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SKIP_KINDS = ("shard_errors", "bad_conversations", "bad_clips")
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how turns become tensors (the run records all of it)."""
+
+    shards: str = "shards/synthetic"
+    text: TextConfig = field(default_factory=TextConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    turns: Literal["all", "last"] = "all"
+    num_workers: int = 2
+    shuffle_buffer: int = 64
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.num_workers < 0:
+            raise ValueError("num_workers must be >= 0")
+        if self.shuffle_buffer < 0:
+            raise ValueError("shuffle_buffer must be >= 0")
+
+
+@dataclass(frozen=True)
+class Modalities:
+    """Which media a model reads; the loader never decodes (or even reads) the others."""
+
+    audio: bool
+    video: bool
+
+
+def read_manifest(shards_dir: str | Path, split: str) -> dict[str, Any]:
+    path = Path(shards_dir) / split / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"no manifest at {path}: pack the corpus first (emotrain pack)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise UserError(f"{path}: malformed manifest ({err})") from None
+
+
+def shard_urls(shards_dir: str | Path, split: str, manifest: dict[str, Any]) -> list[str]:
+    base = Path(shards_dir) / split
+    urls = [str(base / s["name"]) for s in manifest["shards"]]
+    missing = [u for u in urls if not Path(u).is_file()]
+    if missing:
+        raise UserError(f"{len(missing)} shard(s) listed in {base / 'manifest.json'} are missing, e.g. {missing[0]}")
+    return urls
+
+
+class SkipCounter:
+    """Per-worker tally of skipped data; each batch takes (and resets) what accrued since the last."""
+
+    def __init__(self) -> None:
+        self.pending: Counter[str] = Counter()
+
+    def add(self, kind: str, what: str, reason: object) -> None:
+        self.pending[kind] += 1
+        log.warning("skipping %s (%s): %s", what, kind, reason)
+
+    def take(self) -> dict[str, int]:
+        taken = {k: self.pending.get(k, 0) for k in SKIP_KINDS}
+        self.pending.clear()
+        return taken
+
+    def tar_handler(self, exn: Exception) -> bool:
+        """webdataset handler: count a broken shard member and keep reading."""
+        self.add("shard_errors", "tar member", exn)
+        return True
+
+
+class TurnExpander:
+    """Conversation sample -> turn samples, decoding each needed clip once per conversation."""
+
+    def __init__(self, cfg: DataConfig, modalities: Modalities, vocab: dict[str, list[str]], train: bool,
+                 counter: SkipCounter, seed: int):
+        self.cfg, self.modalities, self.train, self.counter = cfg, modalities, train, counter
+        self.meta = MetadataEncoder(vocab)
+        self.tokenizer = load_tokenizer(cfg.text.tokenizer)
+        self.rng = np.random.default_rng(seed)
+
+    def _audio(self, sample: dict[str, Any], index: int, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        data = sample.get(wav_member(index))
+        if data is None:
+            return None
+        try:
+            return decode_audio(data, self.cfg.audio, self.train, self.rng)
+        except MediaError as err:
+            self.counter.add("bad_clips", f"{key}/{wav_member(index)}", err)
+            return None
+
+    def _video(self, sample: dict[str, Any], index: int, key: str) -> torch.Tensor | None:
+        data = sample.get(mp4_member(index))
+        if data is None:
+            return None
+        try:
+            return decode_video(data, self.cfg.video, self.train, self.rng)
+        except MediaError as err:
+            self.counter.add("bad_clips", f"{key}/{mp4_member(index)}", err)
+            return None
+
+    def __call__(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
+        """All labelled turns of one conversation, or none when its json is malformed.
+
+        Built fully before anything is yielded, so a bad field in a later turn cannot leave
+        half a conversation in the batches.
+        """
+        key = sample.get("__key__", "?")
+        try:
+            return self._turns(sample, key)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            self.counter.add("bad_conversations", key, err)
+            return []
+
+    def _turns(self, sample: dict[str, Any], key: str) -> list[dict[str, Any]]:
+        record = json.loads(sample["json"])
+        labels = json.loads(sample["labels.json"])
+        turns = record["turns"]
+        utterances = {u["index"]: u for u in record["utterances"]}
+        if not isinstance(labels, list) or len(labels) != len(turns):
+            raise ValueError("labels do not match turns")
+        pairs = list(zip(turns, labels))
+        if self.cfg.turns == "last":
+            pairs = pairs[-1:]
+        audio_cache: dict[int, Any] = {}
+        video_cache: dict[int, Any] = {}
+        out: list[dict[str, Any]] = []
+        for turn, label in pairs:
+            if label == UNLABELLED:
+                continue
+            last = turn["last_utterance"]
+            window = [utterances[i] for i in sorted(utterances) if i <= last][-self.cfg.text.max_utterances :]
+            context = context_text(record, turn, self.cfg.text.context_fields)
+            item = {
+                "key": f"{key}_{turn['turn_id']}",
+                "label": int(label),
+                "tokens": tokenize_turn(self.tokenizer, [u["text"] for u in window], context, self.cfg.text),
+                "roles": [ROLE_IDS.get(u["role"], 0) for u in window],
+                "meta_ids": self.meta.encode(record, turn),
+            }
+            if self.modalities.audio:
+                for u in window:
+                    if u["index"] not in audio_cache:
+                        audio_cache[u["index"]] = self._audio(sample, u["index"], key)
+                item["audio"] = [audio_cache[u["index"]] for u in window]
+            if self.modalities.video:
+                if last not in video_cache:
+                    video_cache[last] = self._video(sample, last, key)
+                item["video"] = video_cache[last]
+            out.append(item)
+        return out
+
+
+def collate_turns(samples: list[dict[str, Any]], cfg: DataConfig, modalities: Modalities, pad_id: int) -> dict[str, Any]:
+    """Stack turn samples into the batch contract described at the top of this module."""
+    batch_size = len(samples)
+    num_utts = [len(s["roles"]) for s in samples]
+    max_u = max(num_utts)
+    batch: dict[str, Any] = {
+        "keys": [s["key"] for s in samples],
+        "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
+        "num_utts": torch.tensor(num_utts, dtype=torch.long),
+        "meta_ids": torch.tensor(np.stack([s["meta_ids"] for s in samples]), dtype=torch.long),
+    }
+    batch.update(pad_token_batch([s["tokens"] for s in samples], max_u, pad_id=pad_id))
+    roles = torch.zeros(batch_size, max_u, dtype=torch.long)
+    for i, s in enumerate(samples):
+        roles[i, : num_utts[i]] = torch.tensor(s["roles"], dtype=torch.long)
+    batch["utt_roles"] = roles
+    batch["utt_mask"] = roles > 0
+    if modalities.audio:
+        max_samples = cfg.audio.max_samples
+        audio = torch.zeros(batch_size, max_u, max_samples)
+        mask = torch.zeros(batch_size, max_u, max_samples, dtype=torch.long)
+        present = torch.zeros(batch_size, max_u, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            for j, clip in enumerate(s["audio"]):
+                if clip is not None:
+                    audio[i, j] = torch.from_numpy(clip[0])
+                    mask[i, j] = torch.from_numpy(clip[1].astype(np.int64))
+                    present[i, j] = True
+        batch.update(audio=audio, audio_sample_mask=mask, audio_present=present)
+    if modalities.video:
+        shape = (cfg.video.num_frames, 3, cfg.video.image_size, cfg.video.image_size)
+        video = torch.zeros(batch_size, *shape)
+        present = torch.zeros(batch_size, dtype=torch.bool)
+        for i, s in enumerate(samples):
+            if s["video"] is not None:
+                video[i] = s["video"]
+                present[i] = True
+        batch.update(video=video, video_present=present)
+    return batch
+
+
+class TurnBatches(torch.utils.data.IterableDataset):
+    """The whole per-worker pipeline as one picklable dataset (safe under forkserver/spawn)."""
+
+    def __init__(self, urls: list[str], cfg: DataConfig, modalities: Modalities, vocab: dict[str, list[str]],
+                 batch_size: int, train: bool, rank: int, world_size: int, start_epoch: int = 0):
+        super().__init__()
+        self.urls, self.cfg, self.modalities, self.vocab = urls, cfg, modalities, vocab
+        self.batch_size, self.train = batch_size, train
+        self.rank, self.world_size, self.start_epoch = rank, world_size, start_epoch
+
+    def _wanted(self, name: str) -> bool:
+        """Read only the tar members this model uses (no video bytes for the audio model)."""
+        if name.endswith(".wav"):
+            return self.modalities.audio
+        if name.endswith(".mp4"):
+            return self.modalities.video
+        return True
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        # Shard order shares one seed on every rank; augmentation and buffers differ per reader.
+        reader_seed = self.cfg.seed + 1000 * (self.rank * 64 + worker) + 7919 * self.start_epoch
+        counter = SkipCounter()
+        source = ShardSource(self.urls, self.rank, self.world_size, self.train, self.cfg.seed, self.start_epoch)
+        read_tars = wds.tarfile_to_samples(handler=counter.tar_handler, select_files=self._wanted)
+        conversations: Iterable[dict[str, Any]] = read_tars(iter(source))
+        if self.train and self.cfg.shuffle_buffer > 1:
+            shuffle = wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=random.Random(reader_seed))
+            conversations = shuffle(conversations)
+        expand = TurnExpander(self.cfg, self.modalities, self.vocab, self.train, counter, reader_seed)
+        pending: list[dict[str, Any]] = []
+        for conversation in conversations:
+            for turn in expand(conversation):
+                pending.append(turn)
+                if len(pending) == self.batch_size:
+                    yield self._emit(pending, counter, expand.tokenizer.pad_token_id)
+                    pending = []
+        if pending and not self.train:
+            yield self._emit(pending, counter, expand.tokenizer.pad_token_id)
+
+    def _emit(self, samples: list[dict[str, Any]], counter: SkipCounter, pad_id: int) -> dict[str, Any]:
+        batch = collate_turns(samples, self.cfg, self.modalities, pad_id)
+        batch["skipped"] = counter.take()
+        return batch
+
+
+def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size: int, train: bool,
+                 rank: int = 0, world_size: int = 1, start_epoch: int = 0) -> tuple[torch.utils.data.DataLoader, dict]:
+    """A DataLoader of turn batches for this rank, and the split's manifest.
+
+    Audio loaders use the forkserver start method: torchaudio's thread pools can deadlock
+    in forked workers. Batches are formed inside the workers, so ``batch_size=None`` here.
+    """
+    if batch_size < 1:
+        raise UserError("batch size must be at least 1")
+    manifest = read_manifest(cfg.shards, split)
+    urls = shard_urls(cfg.shards, split, manifest)
+    dataset = TurnBatches(urls, cfg, modalities, manifest["vocab"], batch_size, train, rank, world_size, start_epoch)
+    kwargs: dict[str, Any] = {"batch_size": None, "num_workers": cfg.num_workers}
+    if cfg.num_workers > 0:
+        kwargs.update(multiprocessing_context="forkserver", prefetch_factor=4, persistent_workers=False)
+    return torch.utils.data.DataLoader(dataset, **kwargs), manifest

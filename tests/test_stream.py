@@ -1,0 +1,189 @@
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from corpus import make_corpus, make_shards
+from emotrain.data import stream
+from emotrain.data.schema import META_FIELDS
+from emotrain.data.shardlists import Slot, train_shards
+from emotrain.data.splits import SplitRecipe
+from emotrain.data.stream import DataConfig, Modalities, build_loader
+from emotrain.data.text import TextConfig
+from emotrain.data.media import AudioConfig, VideoConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER = str(REPO / "configs" / "tokenizers" / "tiny-wordpiece")
+ALL_IN_TRAIN = SplitRecipe(0.0, 0.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"), conversations=13, seed=5)
+
+
+@pytest.fixture(scope="module")
+def five_shards(corpus, tmp_path_factory):
+    """13 conversations in 5 uneven shards (3, 3, 3, 3, 1), all in the train split."""
+    out = tmp_path_factory.mktemp("five") / "five"
+    manifests = make_shards(corpus, out, recipe=ALL_IN_TRAIN, shard_mb=100.0, max_per_shard=3)
+    assert [s["conversations"] for s in manifests["train"]["shards"]] == [3, 3, 3, 3, 1]
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_shards(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("two") / "two"
+    manifests = make_shards(corpus, out, recipe=ALL_IN_TRAIN, shard_mb=100.0, max_per_shard=7)
+    assert len(manifests["train"]["shards"]) == 2
+    return out
+
+
+def data_config(shards, **overrides) -> DataConfig:
+    base = dict(shards=str(shards), text=TextConfig(tokenizer=TOKENIZER), num_workers=0, shuffle_buffer=0,
+                audio=AudioConfig(max_seconds=1.0), video=VideoConfig(num_frames=4, image_size=32))
+    base.update(overrides)
+    return DataConfig(**base)
+
+
+def labelled_keys(shards_dir) -> set[str]:
+    """Every labelled turn key, read straight from the tars (independent of the loader)."""
+    manifest = json.loads((Path(shards_dir) / "train" / "manifest.json").read_text())
+    keys = set()
+    for shard in manifest["shards"]:
+        with tarfile.open(Path(shards_dir) / "train" / shard["name"]) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        for name, data in members.items():
+            if name.endswith(".labels.json"):
+                conv = name[: -len(".labels.json")]
+                record = json.loads(members[conv + ".json"])
+                for turn, label in zip(record["turns"], json.loads(data)):
+                    if label >= 0:
+                        keys.add(f"{conv}_{turn['turn_id']}")
+    return keys
+
+
+def test_batch_contract_audio_model_reads_no_video(five_shards):
+    loader, manifest = build_loader(data_config(five_shards), "train", Modalities(audio=True, video=False), 4, train=False)
+    batches = list(loader)
+    assert sum(len(b["keys"]) for b in batches) == manifest["labelled_turns"]
+    b = batches[0]
+    B, U = b["utt_roles"].shape
+    assert b["utt_input_ids"].shape[:2] == (B, U) and b["ctx_input_ids"].shape[0] == B
+    assert b["audio"].shape == (B, U, 16000) and b["audio_sample_mask"].shape == (B, U, 16000)
+    assert b["meta_ids"].shape == (B, len(META_FIELDS))
+    assert "video" not in b and "video_present" not in b
+    assert torch.equal(b["utt_mask"], b["utt_roles"] > 0)
+    assert (b["num_utts"] == b["utt_mask"].sum(1)).all()
+    # the current utterance is the last real slot and is the speaker's
+    assert (b["utt_roles"][torch.arange(B), b["num_utts"] - 1] == 1).all()
+    assert b["audio_present"][b["utt_mask"]].float().mean() > 0.5
+    assert not b["audio_present"][~b["utt_mask"]].any()
+
+
+def test_video_model_reads_no_audio_and_gets_normalised_frames(five_shards):
+    loader, _ = build_loader(data_config(five_shards), "train", Modalities(audio=False, video=True), 4, train=False)
+    b = next(iter(loader))
+    assert "audio" not in b and b["video"].shape == (len(b["keys"]), 4, 3, 32, 32)
+    assert b["video_present"].all() and b["video"].abs().max() < 10
+
+
+def test_each_clip_decoded_once_per_conversation(five_shards, monkeypatch):
+    calls = []
+    real = stream.decode_audio
+    monkeypatch.setattr(stream, "decode_audio", lambda data, *a: calls.append(data) or real(data, *a))
+    loader, _ = build_loader(data_config(five_shards), "train", Modalities(audio=True, video=False), 64, train=False)
+    turns = sum(len(b["keys"]) for b in loader)
+    assert turns > 13  # conversations have several turns sharing their early clips
+    assert len(calls) == len(set(calls))  # every clip's bytes differ, so a repeat is a second decode
+
+
+def test_unlabelled_turns_are_not_yielded(five_shards):
+    loader, manifest = build_loader(data_config(five_shards), "train", Modalities(False, False), 64, train=False)
+    keys = [k for b in loader for k in b["keys"]]
+    assert len(keys) == len(set(keys)) == manifest["labelled_turns"]
+    assert set(keys) == labelled_keys(five_shards)
+
+
+def corrupt_shard(path: Path) -> None:
+    """Rewrite a shard with one undecodable wav, one conversation's json broken, then truncate it."""
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    keys = sorted({m.name.split(".")[0] for m, _ in members})
+    bad_wav = next(m.name for m, _ in members if m.name.startswith(keys[0] + ".") and m.name.endswith(".wav"))
+    bad_json = f"{keys[1]}.json"
+    with tarfile.open(path, "w") as out:
+        for member, data in members:
+            if member.name == bad_wav:
+                data = b"RIFF\x00\x00garbage" * 20
+            elif member.name == bad_json:
+                data = b"{not json"
+            member.size = len(data)
+            out.addfile(member, io.BytesIO(data))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 3000])
+
+
+def test_corrupted_shard_members_are_skipped_and_counted(five_shards, tmp_path):
+    import shutil
+
+    shards = tmp_path / "bad"
+    shutil.copytree(five_shards, shards)
+    manifest = json.loads((shards / "train" / "manifest.json").read_text())
+    corrupt_shard(shards / "train" / manifest["shards"][0]["name"])
+    loader, _ = build_loader(data_config(shards), "train", Modalities(True, False), 2, train=True)
+    skipped = {k: 0 for k in stream.SKIP_KINDS}
+    seen = 0
+    for batch, _ in zip(loader, range(40)):  # the endless stream runs through the bad shard several times
+        seen += len(batch["keys"])
+        for kind, n in batch["skipped"].items():
+            skipped[kind] += n
+    assert seen == 80
+    assert skipped["bad_clips"] >= 1 and skipped["bad_conversations"] >= 1 and skipped["shard_errors"] >= 1
+
+
+def torchrun(nproc: int, *args: str, timeout: int = 240) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(REPO / "tests" / "stream_ranks.py"), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc,which", [(1, "five"), (2, "five"), (3, "five"), (3, "two")])
+def test_eval_yields_every_labelled_turn_exactly_once(nproc, which, five_shards, two_shards, tmp_path):
+    shards = five_shards if which == "five" else two_shards
+    torchrun(nproc, "eval", "--shards", str(shards), "--out", str(tmp_path), "--workers", "2")
+    got = json.loads((tmp_path / "eval.json").read_text())
+    assert len(got["keys"]) == len(set(got["keys"]))  # gather would have raised on a duplicate
+    assert set(got["keys"]) == labelled_keys(shards)
+
+
+@pytest.mark.slow
+def test_train_ranks_read_disjoint_shards_and_run_equal_batches(five_shards, tmp_path):
+    batches = 9  # more than one epoch on either rank: uneven shards must not stop one rank early
+    torchrun(2, "train", "--shards", str(five_shards), "--out", str(tmp_path), "--workers", "0",
+             "--batches", str(batches))
+    manifest = json.loads((five_shards / "train" / "manifest.json").read_text())
+    urls = [str(five_shards / "train" / s["name"]) for s in manifest["shards"]]
+    convs_in = {}
+    for url in urls:
+        with tarfile.open(url) as tar:
+            convs_in[url] = {n.split(".")[0] for n in tar.getnames()}
+    epoch0 = []
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"train-{rank}.json").read_text())
+        assert got["batches"] == [batches, batches]
+        expected = set().union(*(convs_in[u] for u in train_shards(urls, Slot(rank, 2, 0, 1), seed=0, epoch=0)))
+        first_epoch = got["keys"][: len(expected)]
+        assert set(first_epoch) == expected
+        epoch0.append(expected)
+    assert not epoch0[0] & epoch0[1]
+    assert epoch0[0] | epoch0[1] == set().union(*convs_in.values())
