@@ -7,3 +7,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+import pytest  # noqa: E402
+
+from corpus import ALL_IN_TRAIN, make_corpus, make_shards  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def corpus13(tmp_path_factory):
+    """13 synthetic conversations, shared by the loader and evaluation tests."""
+    return make_corpus(tmp_path_factory.mktemp("corpus13"), conversations=13, seed=5)
+
+
+@pytest.fixture(scope="session")
+def five_shards(corpus13, tmp_path_factory):
+    """The 13 conversations in 5 uneven shards (3, 3, 3, 3, 1), all in the train split."""
+    out = tmp_path_factory.mktemp("five") / "five"
+    manifests = make_shards(corpus13, out, recipe=ALL_IN_TRAIN, shard_mb=100.0, max_per_shard=3)
+    assert [s["conversations"] for s in manifests["train"]["shards"]] == [3, 3, 3, 3, 1]
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_shards(corpus13, tmp_path_factory):
+    """The same conversations in 2 shards: fewer shards than ranks at 3 processes."""
+    out = tmp_path_factory.mktemp("two") / "two"
+    manifests = make_shards(corpus13, out, recipe=ALL_IN_TRAIN, shard_mb=100.0, max_per_shard=7)
+    assert len(manifests["train"]["shards"]) == 2
+    return out

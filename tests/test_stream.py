@@ -1,48 +1,22 @@
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from corpus import make_corpus, make_shards
+from corpus import torchrun
+
 from emotrain.data import stream
 from emotrain.data.schema import META_FIELDS
 from emotrain.data.shardlists import Slot, train_shards
-from emotrain.data.splits import SplitRecipe
 from emotrain.data.stream import DataConfig, Modalities, build_loader
 from emotrain.data.text import TextConfig
 from emotrain.data.media import AudioConfig, VideoConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = str(REPO / "configs" / "tokenizers" / "tiny-wordpiece")
-ALL_IN_TRAIN = SplitRecipe(0.0, 0.0, seed=0)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_corpus(tmp_path_factory.mktemp("corpus"), conversations=13, seed=5)
-
-
-@pytest.fixture(scope="module")
-def five_shards(corpus, tmp_path_factory):
-    """13 conversations in 5 uneven shards (3, 3, 3, 3, 1), all in the train split."""
-    out = tmp_path_factory.mktemp("five") / "five"
-    manifests = make_shards(corpus, out, recipe=ALL_IN_TRAIN, shard_mb=100.0, max_per_shard=3)
-    assert [s["conversations"] for s in manifests["train"]["shards"]] == [3, 3, 3, 3, 1]
-    return out
-
-
-@pytest.fixture(scope="module")
-def two_shards(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("two") / "two"
-    manifests = make_shards(corpus, out, recipe=ALL_IN_TRAIN, shard_mb=100.0, max_per_shard=7)
-    assert len(manifests["train"]["shards"]) == 2
-    return out
 
 
 def data_config(shards, **overrides) -> DataConfig:
@@ -148,19 +122,11 @@ def test_corrupted_shard_members_are_skipped_and_counted(five_shards, tmp_path):
     assert skipped["bad_clips"] >= 1 and skipped["bad_conversations"] >= 1 and skipped["shard_errors"] >= 1
 
 
-def torchrun(nproc: int, *args: str, timeout: int = 240) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           str(REPO / "tests" / "stream_ranks.py"), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc,which", [(1, "five"), (2, "five"), (3, "five"), (3, "two")])
-def test_eval_yields_every_labelled_turn_exactly_once(nproc, which, five_shards, two_shards, tmp_path):
-    shards = five_shards if which == "five" else two_shards
-    torchrun(nproc, "eval", "--shards", str(shards), "--out", str(tmp_path), "--workers", "2")
+def test_eval_yields_every_labelled_turn_exactly_once_with_more_ranks_than_shards(two_shards, tmp_path):
+    """3 ranks x 2 workers over 2 shards; 1, 2 and 3 ranks over 5 shards: tests/test_evaluate.py."""
+    shards = two_shards
+    torchrun(3, "stream_ranks.py", "eval", "--shards", str(shards), "--out", str(tmp_path), "--workers", "2")
     got = json.loads((tmp_path / "eval.json").read_text())
     assert len(got["keys"]) == len(set(got["keys"]))  # gather would have raised on a duplicate
     assert set(got["keys"]) == labelled_keys(shards)
@@ -169,7 +135,7 @@ def test_eval_yields_every_labelled_turn_exactly_once(nproc, which, five_shards,
 @pytest.mark.slow
 def test_train_ranks_read_disjoint_shards_and_run_equal_batches(five_shards, tmp_path):
     batches = 9  # more than one epoch on either rank: uneven shards must not stop one rank early
-    torchrun(2, "train", "--shards", str(five_shards), "--out", str(tmp_path), "--workers", "0",
+    torchrun(2, "stream_ranks.py", "train", "--shards", str(five_shards), "--out", str(tmp_path), "--workers", "0",
              "--batches", str(batches))
     manifest = json.loads((five_shards / "train" / "manifest.json").read_text())
     urls = [str(five_shards / "train" / s["name"]) for s in manifest["shards"]]
