@@ -1,0 +1,36 @@
+"""SIGTERM / SIGUSR1 turned into a flag the training loop polls.
+
+SLURM sends SIGTERM (or ``--signal=USR1@120``) before it preempts or times out a job. Saving a
+DeepSpeed checkpoint inside a signal handler is impossible (the save is collective, and only the
+signalled ranks would run it), so the handler only records the request; the loop agrees on it
+across ranks at the next step and saves there (see ``engine.train``).
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopRequest:
+    """Context manager: while inside, the stop signals set :attr:`requested` instead of killing us."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> StopRequest:
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
