@@ -54,7 +54,7 @@ def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
 
-def _step_of(tag: str) -> int | None:
+def step_of(tag: str) -> int | None:
     match = _TAG.fullmatch(tag)
     return int(match.group(1)) if match else None
 
@@ -77,7 +77,7 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
     if not ckpt_dir.is_dir():
         return []
     found = [(step, entry.name) for entry in ckpt_dir.iterdir()
-             if (step := _step_of(entry.name)) is not None and (entry / COMPLETE).is_file()]
+             if (step := step_of(entry.name)) is not None and (entry / COMPLETE).is_file()]
     return [name for _, name in sorted(found)]
 
 
@@ -91,10 +91,10 @@ def prune(ckpt_dir: Path, keep: int) -> None:
     tags = complete_tags(ckpt_dir)
     if not tags:
         return
-    newest = _step_of(tags[-1])
+    newest = step_of(tags[-1])
     doomed = set(tags[:-keep])
     for entry in ckpt_dir.iterdir():
-        step = _step_of(entry.name)
+        step = step_of(entry.name)
         if step is not None and (entry.name in doomed or (step < newest and entry.name not in tags)):
             shutil.rmtree(entry, ignore_errors=True)
 

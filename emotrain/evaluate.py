@@ -7,7 +7,7 @@ metric computed on the wrong rows looks just as plausible as a right one.
 
 Outputs in the run directory: ``predictions/<split>.npz`` + ``predictions/classes.json`` (what
 ``emotrain fuse`` reads), ``eval/<split>/report.json`` with the PNG plots, and the metrics in
-TensorBoard under ``eval/<split>/`` at the checkpoint's step.
+TensorBoard (``RUN/tb``) under ``eval/<split>/`` at the checkpoint's step.
 
 Run it the way training ran (``torchrun ... launch/evaluate.py RUN --split val``) or on one
 process (``emotrain evaluate RUN --split val``); the results are the same.
@@ -71,7 +71,7 @@ def write_evaluation(run_dir: Path, split: str, scored: Scored, classes: list[st
     save_predictions(run_dir / "predictions" / f"{split}.npz", scored.keys, scored.logits, scored.labels)
     save_classes(run_dir / "predictions", classes)
     metrics = compute_metrics(scored.logits, scored.labels, classes, from_logits=True)
-    write_report(run_dir / "eval" / split, {split: metrics}, extra=extra, tensorboard_dir=run_dir / "tensorboard",
+    write_report(run_dir / "eval" / split, {split: metrics}, extra=extra, tensorboard_dir=run_dir / "tb",
                  step=step)
     return metrics
 

@@ -53,7 +53,7 @@ def test_write_evaluation_leaves_what_fusion_reads(tmp_path):
     report = json.loads((tmp_path / "eval" / "val" / "report.json").read_text())
     assert report["run"] == "x" and report["splits"]["val"]["accuracy"] == metrics["accuracy"]
     assert (tmp_path / "eval" / "val" / "val_confusion.png").stat().st_size > 0
-    assert any((tmp_path / "tensorboard").iterdir())
+    assert any((tmp_path / "tb").iterdir())
 
 
 @pytest.mark.slow

@@ -1,0 +1,38 @@
+from pathlib import Path
+
+import pytest
+
+from emotrain.config import ConfigError
+from emotrain.run_config import load_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_CONFIGS = sorted(p for d in ("train", "rtx3060", "demo") for p in (REPO / "configs" / d).glob("*_text.yaml"))
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_run_config_loads(path):
+    cfg = load_run_config(path)
+    assert cfg.model.kind in path.name
+    assert cfg.train.global_batch_size % cfg.train.micro_batch_size == 0
+
+
+def test_rtx3060_configs_fit_one_12gb_card():
+    for path in (REPO / "configs" / "rtx3060").glob("*.yaml"):
+        cfg = load_run_config(path)
+        assert cfg.train.micro_batch_size == 2 and cfg.train.bf16
+        assert cfg.train.deepspeed_config.endswith("zero2_offload.json")
+        assert cfg.model.text.gradient_checkpointing and cfg.model.text.freeze_layers >= 6
+
+
+def test_loader_and_video_encoder_must_agree():
+    with pytest.raises(ConfigError, match="frames"):
+        load_run_config(REPO / "configs" / "demo" / "video_text.yaml", ["data.video.num_frames=8"])
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_run_config(REPO / "configs" / "demo" / "audio_text.yaml", ["train.learning_rate=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: configs/model/nope.yaml\ntrain: {total_samples: 10}\n")
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_run_config(bad)
