@@ -173,8 +173,12 @@ def _from_slurm(environ: Mapping[str, str], scontrol: Callable[..., str]) -> Dis
     )
 
 
-def _from_submitit(environ: Mapping[str, str]) -> DistEnv:
-    """Submitit's own view of the rendezvous (its port comes from the job id, or MASTER_PORT).
+def _from_submitit(environ: Mapping[str, str], scontrol: Callable[..., str]) -> DistEnv:
+    """Submitit's own view of ranks and port (the port comes from the job id, or MASTER_PORT).
+
+    The address is the first node's NodeAddr, as for plain srun: submitit uses the node's name,
+    which only resolves where NodeAddr defaults to it (not on clusters that set NodeAddr, nor on
+    the test cluster's emulated nodes).
 
     Reads ``os.environ`` (submitit has no other input); equivalent to
     ``TorchDistributedEnvironment().export(set_cuda_visible_devices=False)`` once exported, because
@@ -189,7 +193,7 @@ def _from_submitit(environ: Mapping[str, str]) -> DistEnv:
         world_size=tde.world_size,
         local_rank=tde.local_rank,
         local_world_size=tde.local_world_size,
-        master_addr=environ.get(MASTER_ADDR_OVERRIDE) or tde.master_addr,
+        master_addr=environ.get(MASTER_ADDR_OVERRIDE) or slurm_master_addr(environ["SLURM_JOB_NODELIST"], scontrol),
         master_port=tde.master_port,
         launcher=SUBMITIT,
         num_nodes=tde.world_size // tde.local_world_size,
@@ -211,7 +215,7 @@ def read_env(
     if "RANK" in environ and "WORLD_SIZE" in environ:
         env = _from_torch_vars(environ)
     elif "SLURM_STEP_ID" in environ and "SLURM_PROCID" in environ:
-        env = _from_submitit(environ) if environ.get("SUBMITIT_EXECUTOR") == "slurm" else _from_slurm(environ, scontrol)
+        env = _from_submitit(environ, scontrol) if environ.get("SUBMITIT_EXECUTOR") == "slurm" else _from_slurm(environ, scontrol)
     else:
         env = DistEnv(0, 1, 0, 1, "127.0.0.1", free_port(), SINGLE, 1)
     env.validate()

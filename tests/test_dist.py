@@ -102,6 +102,8 @@ def test_submitit_inside_srun(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.num_nodes) == (5, 6, 1, 3, 2)
     assert env.master_addr == "127.0.0.1" and 20000 <= env.master_port <= 60000
     assert "RANK" not in os.environ  # read_env only reads; init_distributed exports
+    monkeypatch.delenv(dist.MASTER_ADDR_OVERRIDE)
+    assert dist.read_env(os.environ, scontrol=fake_scontrol).master_addr == "10.1.2.7"  # NodeAddr, not "gpu07"
 
 
 def test_inconsistent_environment_is_rejected() -> None:
