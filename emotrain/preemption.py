@@ -1,6 +1,8 @@
-"""SIGTERM / SIGUSR1 turned into a flag the training loop polls.
+"""SIGTERM / SIGUSR1 / SIGUSR2 turned into a flag the training loop polls.
 
-SLURM sends SIGTERM (or ``--signal=USR1@120``) before it preempts or times out a job. Saving a
+SLURM sends SIGTERM (or ``--signal=USR1@120``) before it preempts or times out a job; submitit
+asks for SIGUSR2. While training, all three only stop the loop at an agreed step with a
+checkpoint; outside it, the previous handlers (submitit's requeue logic) are back in place. Saving a
 DeepSpeed checkpoint inside a signal handler is impossible (the save is collective, and only the
 signalled ranks would run it), so the handler only records the request; the loop agrees on it
 across ranks at the next step and saves there (see ``engine.train``).
@@ -11,7 +13,7 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StopRequest:

@@ -6,7 +6,8 @@ This module only wires the run together: shards -> loader, config -> model and l
 validation, and the files a run directory holds besides checkpoints:
 
 - ``config.yaml``: the resolved config (shard path made absolute), what evaluate and export read;
-- ``status.json``: ``{"status": completed|preempted|nonfinite, "step", "total_steps"}``, written
+- ``status.json``: ``{"status": completed|preempted|nonfinite, "step", "total_steps", "resumed_from",
+  "world_size", "num_nodes", "launcher"}``, written
   at the end of every launch; a SLURM batch script requeues when it says ``preempted``;
 - ``versions.json``, ``deepspeed.json`` and TensorBoard events under ``tb/`` (from the engine).
 
@@ -137,7 +138,9 @@ def train_run(cfg: RunConfig, run_dir: Path, env: dist.DistEnv) -> int:
     if env.is_main:
         _write_json_atomic(run_dir / STATUS_FILE, {"status": result.stop_reason, "step": result.step,
                                                    "total_steps": cfg.train.total_steps,
-                                                   "resumed_from": result.resumed_from})
+                                                   "resumed_from": result.resumed_from,
+                                                   "world_size": env.world_size, "num_nodes": env.num_nodes,
+                                                   "launcher": env.launcher})
         print(f"train: {result.stop_reason} at step {result.step}/{cfg.train.total_steps}"
               + (f" (resumed from step {result.resumed_from})" if result.resumed_from else "")
               + f"; checkpoint {result.checkpoint}")

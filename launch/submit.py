@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Submit a training run to SLURM with submitit: one task per GPU, requeued on preemption/timeout.
+
+    python launch/submit.py --config configs/train/audio_text.yaml --run-dir runs/audio \\
+        --nodes 2 --gpus-per-node 4 --partition gpu --time 1440
+    python launch/submit.py --cluster local ...     # same job on this machine, for debugging
+
+Preemption: submitit asks for SIGUSR2 before the time limit (and SLURM signals a preempted job);
+every rank then stops at an agreed step and checkpoints (emotrain/preemption.py), after which the
+job hands the signal back to submitit, which requeues the job (emotrain/submitit_job.py); the
+requeued job resumes from the run directory's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import submitit
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from emotrain.submitit_job import TrainJob  # noqa: E402  (importable in the job, unlike __main__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="run config YAML")
+    parser.add_argument("--run-dir", required=True, help="run directory (resumes if it holds checkpoints)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="run-config override (repeatable)")
+    parser.add_argument("--cluster", choices=["slurm", "local", "debug"], default=None,
+                        help="submitit backend (default: slurm when available, else local)")
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--tasks-per-node", type=int, default=None, help="default: --gpus-per-node, or 1")
+    parser.add_argument("--gpus-per-node", type=int, default=0)
+    parser.add_argument("--cpus-per-task", type=int, default=8)
+    parser.add_argument("--partition", default=None)
+    parser.add_argument("--time", type=int, default=24 * 60, help="time limit in minutes")
+    parser.add_argument("--logs", default="runs/submitit", help="submitit's folder for job logs and pickles")
+    parser.add_argument("--wait", action="store_true", help="block until the job ends and print its result")
+    args = parser.parse_args(argv)
+    for name in ("nodes", "cpus_per_task", "time"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    train_args = [str(Path(args.config).resolve()), "--run-dir", str(Path(args.run_dir).resolve())]
+    for item in args.overrides:
+        train_args += ["--set", item]
+    tasks = args.tasks_per_node or max(args.gpus_per_node, 1)
+    executor = submitit.AutoExecutor(folder=args.logs, cluster=args.cluster)
+    # One failed rank ends the step: the others would otherwise wait out the rendezvous timeout.
+    params = dict(name="emotrain", nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=args.cpus_per_task,
+                  timeout_min=args.time, slurm_srun_args=["--kill-on-bad-exit=1"])
+    if args.gpus_per_node:
+        params["gpus_per_node"] = args.gpus_per_node
+    if args.partition:
+        params["slurm_partition"] = args.partition
+    executor.update_parameters(**params)
+    job = executor.submit(TrainJob(train_args))
+    print(f"submitted job {job.job_id}: logs in {Path(args.logs) / str(job.job_id)}_*")
+    if args.wait:
+        print(json.dumps(job.results()[0]))  # one result per task; rank 0's status is the run's
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
