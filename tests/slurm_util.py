@@ -248,6 +248,11 @@ def requeue(job_id: int, settle: float = 3.0, timeout: float = 60.0) -> None:
     seconds after the requeue makes the new run fail with "Job credential revoked".
     """
     slurm("scontrol", "requeue", str(job_id))
+    release_requeued(job_id, settle, timeout)
+
+
+def release_requeued(job_id: int, settle: float = 3.0, timeout: float = 60.0) -> None:
+    """Wait for a requeued job (by us or by the job itself) to be pending, then start it at once."""
     wait_state(job_id, {"PENDING"}, timeout)
     time.sleep(settle)
     slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")

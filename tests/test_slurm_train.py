@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,18 @@ import pytest
 
 from corpus import make_shards
 from emotrain.data.splits import SplitRecipe
-from slurm_util import SlurmCluster, poll_until, requeue, sbatch, slurm_cluster, wait_job  # noqa: F401
+from slurm_util import (  # noqa: F401
+    SlurmCluster,
+    job_info,
+    poll_until,
+    release_requeued,
+    requeue,
+    sbatch,
+    slurm,
+    slurm_cluster,
+    wait_job,
+    wait_state,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -88,14 +100,38 @@ def test_requeue_mid_training_resumes_from_the_checkpoint(slurm_cluster: SlurmCl
     print(f"requeued job resumed from step {got['resumed_from']} of {steps}")
 
 
-def test_submitit_trains_two_tasks(slurm_cluster: SlurmCluster, shards, tmp_path):
-    run_dir = tmp_path / "run"
-    sets = [arg for o in overrides(shards, steps=6) for arg in ("--set", o)]
+def submit(shards: Path, run_dir: Path, logs: Path, steps: int, wait: bool) -> subprocess.CompletedProcess:
+    """launch/submit.py as a user runs it, 2 tasks on one node of the local cluster."""
+    sets = [arg for o in overrides(shards, steps=steps) for arg in ("--set", o)]
     cmd = [sys.executable, str(REPO / "launch" / "submit.py"), "--cluster", "slurm", "--config", CONFIG,
            "--run-dir", str(run_dir), *sets, "--nodes", "1", "--tasks-per-node", "2", "--cpus-per-task", "1",
-           "--partition", "debug", "--time", "10", "--logs", str(tmp_path / "submitit"), "--wait"]
+           "--partition", "debug", "--time", "10", "--logs", str(logs), *(["--wait"] if wait else [])]
     proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CPU_ENV}, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_submitit_trains_two_tasks(slurm_cluster: SlurmCluster, shards, tmp_path):
+    run_dir = tmp_path / "run"
+    submit(shards, run_dir, tmp_path / "submitit", steps=6, wait=True)
     got = status(run_dir)
     assert (got["status"], got["step"], got["world_size"], got["launcher"]) == ("completed", 6, 2, "submitit")
     assert (run_dir / "checkpoints" / "step00000006").is_dir()
+
+
+def test_submitit_preemption_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, shards, tmp_path):
+    """SIGUSR2 (submitit's preemption signal) to the ranks: checkpoint, submitit requeues, resume."""
+    run_dir, steps = tmp_path / "run", 80
+    proc = submit(shards, run_dir, tmp_path / "submitit", steps=steps, wait=False)
+    job_id = int(re.search(r"submitted job (\d+)", proc.stdout).group(1))
+    ckpts = run_dir / "checkpoints"
+    poll_until(lambda: ckpts.is_dir() and any(p.name.startswith("step") for p in ckpts.iterdir()), 240,
+               "the first checkpoint")
+    slurm("scancel", "--signal=USR2", str(job_id))
+    release_requeued(job_id, timeout=120)
+    wait_state(job_id, {"COMPLETED"}, timeout=400)
+    assert int(job_info(job_id).get("Restarts", "0")) == 1
+    got = status(run_dir)
+    assert (got["status"], got["step"]) == ("completed", steps)
+    assert 5 <= got["resumed_from"] < steps, got
+    print(f"submitit job resumed from step {got['resumed_from']} of {steps}")
