@@ -18,8 +18,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/emotrain demo
 
+# The `slurm` tests need the local cluster: started here when it is not up (and stopped after).
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	slurm/local/with_cluster.sh $(BIN)/python -m pytest tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow and not slurm"
