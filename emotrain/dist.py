@@ -35,6 +35,9 @@ SLURM_PORT_BASE, SLURM_PORT_SPAN = 20000, 10000
 
 _INIT_TIMEOUT = datetime.timedelta(minutes=10)
 
+# Set per process by torchrun-like launchers; they win over SLURM's variables in read_env.
+PER_PROCESS_TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE")
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -261,6 +264,16 @@ def strip_launcher_args(argv: Sequence[str]) -> list[str]:
         elif not arg.startswith(("--local_rank=", "--local-rank=")):
             out.append(arg)
     return out
+
+
+def forget_torch_ranks(environ: dict[str, str] | None = None) -> list[str]:
+    """Drop the per-process torch variables a submitting shell may carry; return the names dropped.
+
+    A job submitted from inside torchrun (or after an in-process run exported them) would give every
+    SLURM task the same rank, since those variables win over SLURM's (pitfall 10).
+    """
+    environ = os.environ if environ is None else environ
+    return [name for name in PER_PROCESS_TORCH_VARS if environ.pop(name, None) is not None]
 
 
 def export_torch_env(env: DistEnv) -> None:

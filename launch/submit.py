@@ -23,6 +23,7 @@ import submitit
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from emotrain import dist  # noqa: E402
 from emotrain.submitit_job import TrainJob  # noqa: E402  (importable in the job, unlike __main__)
 
 
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.overrides:
         train_args += ["--set", item]
     tasks = args.tasks_per_node or max(args.gpus_per_node, 1)
+    dist.forget_torch_ranks()  # the job inherits this environment: SLURM must number the ranks
     executor = submitit.AutoExecutor(folder=args.logs, cluster=args.cluster)
     # One failed rank ends the step: the others would otherwise wait out the rendezvous timeout.
     params = dict(name="emotrain", nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=args.cpus_per_task,

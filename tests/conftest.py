@@ -14,6 +14,16 @@ import pytest  # noqa: E402
 from corpus import ALL_IN_TRAIN, make_corpus, make_shards  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def restore_environ():
+    """Undo what a test wrote to os.environ: an in-process run exports RANK, WORLD_SIZE, MASTER_PORT,
+    and a later test's subprocesses (sbatch, torchrun) would inherit them."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def corpus13(tmp_path_factory):
     """13 synthetic conversations, shared by the loader and evaluation tests."""

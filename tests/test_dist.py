@@ -127,3 +127,12 @@ def test_accelerate_settings_as_exported_by_accelerate_1_15() -> None:
     assert dist.read_accelerate_settings(TORCHRUN) is None
     assert dist.read_env(environ).launcher == dist.ACCELERATE
 
+
+
+def test_forget_torch_ranks_lets_slurm_number_the_ranks() -> None:
+    """Stray torch variables in a submitting shell would make every SLURM task rank 0."""
+    environ = {**SRUN, "SLURM_PROCID": "1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_PORT": "29500"}
+    assert dist.read_env(environ, scontrol=no_scontrol).world_size == 1
+    assert sorted(dist.forget_torch_ranks(environ)) == ["LOCAL_RANK", "RANK", "WORLD_SIZE"]
+    env = dist.read_env(environ, scontrol=fake_scontrol)
+    assert (env.rank, env.world_size, env.launcher, env.master_port) == (1, 6, dist.SLURM, 29500)

@@ -44,6 +44,9 @@ def shards(corpus13, tmp_path_factory):
 
 CONFIG = "configs/demo/audio_text.yaml"
 CPU_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+# What a shell that ran torchrun (or a test that initialised in-process) leaves behind; a job
+# submitted with it must still be numbered by SLURM.
+STRAY_TORCH_ENV = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
 
 
 def overrides(shards: Path, steps: int, every: int = 5) -> list[str]:
@@ -64,7 +67,7 @@ def status(run_dir: Path) -> dict:
 def test_sbatch_two_tasks_trains_and_checkpoints(slurm_cluster: SlurmCluster, shards, tmp_path):
     run_dir = tmp_path / "run"
     job = sbatch(REPO / "slurm" / "train.sbatch", options=[*CPU_ONLY, "--nodes=1", "--ntasks-per-node=2"],
-                 env=job_env(shards, run_dir, steps=10), cwd=tmp_path)
+                 env={**job_env(shards, run_dir, steps=10), **STRAY_TORCH_ENV}, cwd=tmp_path)
     result = wait_job(job, timeout=300)
     assert result.ok, result.describe()
     got = status(run_dir)
@@ -106,7 +109,7 @@ def submit(shards: Path, run_dir: Path, logs: Path, steps: int, wait: bool) -> s
     cmd = [sys.executable, str(REPO / "launch" / "submit.py"), "--cluster", "slurm", "--config", CONFIG,
            "--run-dir", str(run_dir), *sets, "--nodes", "1", "--tasks-per-node", "2", "--cpus-per-task", "1",
            "--partition", "debug", "--time", "10", "--logs", str(logs), *(["--wait"] if wait else [])]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CPU_ENV}, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CPU_ENV, **STRAY_TORCH_ENV}, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
