@@ -172,6 +172,18 @@ def test_missing_media_gives_finite_logits_and_trains_the_missing_vector(kind):
     assert all(p.grad is None for p in encoder.parameters())  # the encoder never ran
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_batch_with_every_clip_missing_scores_in_eval_mode(kind, bf16):
+    """Evaluation takes oneDNN's LSTM path, which rejects the stride-0 "missing" vector a batch
+    without any clip expands to (a demo evaluation died on such a batch)."""
+    model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES).eval()
+    batch = make_batch(kind, [0, 1, 2])
+    batch["audio_present" if kind == "audio_text" else "video_present"][:] = False
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(batch)
+    assert logits.shape == (3, NUM_CLASSES) and torch.isfinite(logits).all()
+
+
 def test_partly_missing_media_uses_encoder_and_missing_vector(kind):
     model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES)
     batch = make_batch(kind, [0, 1, 2])

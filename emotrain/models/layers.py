@@ -1,8 +1,8 @@
 """The new (randomly initialised) layers both fusion models share.
 
 All of them keep PyTorch's default initialisation; nothing here ever touches an encoder's
-weights. They work with float32 or bfloat16 parameters and under CPU/GPU autocast (LSTMs in
-bf16 run on CPU with torch >= 2.4, so no float32 detour is needed).
+weights. They work with float32 or bfloat16 parameters (DeepSpeed's bf16 training) and under
+CPU/GPU autocast (evaluation), where the LSTMs step out of autocast to run in their own dtype.
 """
 
 from __future__ import annotations
@@ -35,14 +35,18 @@ class SequenceEncoder(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` [B, L, D_in], ``lengths`` [B] (None = all L real) -> [B, L, 2 * hidden]."""
         total = x.shape[1]
-        if lengths is None:
-            states, _ = self.lstm(x)
-            pad_mask = None
-        else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            states, _ = self.lstm(packed)
-            states, _ = pad_packed_sequence(states, batch_first=True, total_length=total)
-            pad_mask = torch.arange(total, device=x.device)[None, :] >= lengths[:, None]
+        # The LSTM runs in its own parameters' dtype with autocast off: under CPU bf16 autocast,
+        # oneDNN rejects it on some CPUs ("could not create a primitive descriptor"); it is small.
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(self.lstm.weight_ih_l0.dtype)
+            if lengths is None:
+                states, _ = self.lstm(x)
+                pad_mask = None
+            else:
+                packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+                states, _ = self.lstm(packed)
+                states, _ = pad_packed_sequence(states, batch_first=True, total_length=total)
+                pad_mask = torch.arange(total, device=x.device)[None, :] >= lengths[:, None]
         states = self.dropout(states)
         attended, _ = self.attention(states, states, states, key_padding_mask=pad_mask, need_weights=False)
         return self.norm(states + self.dropout(attended))
