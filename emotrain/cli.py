@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("emotrain.data.pack", "pack an AvaMERG folder into WebDataset shards + manifests"),
     "inspect": ("emotrain.models.inspect", "parameter counts (trainable / frozen) per module of a model config"),
     "train": ("emotrain.train", "train one model in this process (launchers run launch/train.py)"),
-    "evaluate": ("emotrain.evaluate", "score a run on val or test, on every rank, each turn exactly once"),
+    "evaluate": ("emotrain.evaluate", "score a run on val and/or test, on every rank, each turn exactly once"),
     "fuse": ("emotrain.fusion.cli", "calibrate and late-fuse the audio and video runs; report on test"),
     "export": ("emotrain.export", "write a run's weights as a plain safetensors file + config"),
     "demo": ("emotrain.demo", "synthesise, pack, train both models, evaluate, fuse: the whole job"),

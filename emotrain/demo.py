@@ -129,9 +129,8 @@ def train_and_evaluate(cfg: DemoConfig, model: str, shards_dir: Path, run_dir: P
     sets = [arg for item in overrides for arg in ("--set", item)]
     _say(f"train {model}: {nproc} rank(s) -> {run_dir}")
     launch(nproc, ["train", cfg.train_configs[model], "--run-dir", str(run_dir), *sets])
-    for split in ("val", "test"):
-        _say(f"evaluate {model} on {split}")
-        launch(nproc, ["evaluate", str(run_dir), "--split", split])
+    _say(f"evaluate {model} on val and test")
+    launch(nproc, ["evaluate", str(run_dir), "--split", "val", "test"])
 
 
 def fuse(cfg: DemoConfig, runs: dict[str, Path], report_dir: Path) -> str:

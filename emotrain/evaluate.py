@@ -1,4 +1,4 @@
-"""``emotrain evaluate RUN --split val|test``: score a split on every rank, each turn exactly once.
+"""``emotrain evaluate RUN --split val [test]``: score splits on every rank, each turn exactly once.
 
 Every rank runs the model over its own eval shards (``shardlists.eval_shards``), the scored
 turns travel to rank 0 in one gather at the end, and rank 0 checks the count against the
@@ -9,7 +9,7 @@ Outputs in the run directory: ``predictions/<split>.npz`` + ``predictions/classe
 ``emotrain fuse`` reads), ``eval/<split>/report.json`` with the PNG plots, and the metrics in
 TensorBoard (``RUN/tb``) under ``eval/<split>/`` at the checkpoint's step.
 
-Run it the way training ran (``torchrun ... launch/evaluate.py RUN --split val``) or on one
+Run it the way training ran (``torchrun ... -m emotrain.cli evaluate RUN --split val test``) or on one
 process (``emotrain evaluate RUN --split val``); the results are the same.
 """
 
@@ -83,7 +83,8 @@ def summary_line(split: str, metrics: dict[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="a training run directory (holds config.yaml and checkpoints/)")
-    parser.add_argument("--split", choices=SPLITS, default="val", help="which split of the run's shards to score")
+    parser.add_argument("--split", dest="splits", nargs="+", choices=SPLITS, default=["val"],
+                        help="which splits of the run's shards to score (several: one launch, the model loaded once)")
     parser.add_argument("--checkpoint", help="checkpoint tag under RUN/checkpoints (default: the latest complete one)")
     parser.add_argument("--batch-size", type=int, help="turns per batch (default: the run's eval batch size)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -99,17 +100,18 @@ def run(args: argparse.Namespace) -> int:
     device = dist.init_distributed(env) if env.world_size > 1 else dist.device_for(env)
     try:
         loaded = load_trained_model(args.run_dir, args.checkpoint, device)
-        scored = evaluate_model(
-            loaded.model, loaded.config.data, loaded.modalities, args.split,
-            args.batch_size or loaded.eval_batch_size, device, loaded.bf16, env.rank, env.world_size,
-            len(loaded.classes), progress=not args.no_progress,
-        )
-        if scored is not None:
-            extra = {"run": str(args.run_dir), "checkpoint": loaded.tag, "model": loaded.config.model.kind,
-                     "text_inputs": {"utterances": True, "context_fields": list(loaded.config.data.text.context_fields)}}
-            metrics = write_evaluation(args.run_dir, args.split, scored, loaded.classes, extra, loaded.step)
-            print(summary_line(args.split, metrics))
-            print(f"predictions: {args.run_dir / 'predictions' / (args.split + '.npz')}  report: {args.run_dir / 'eval' / args.split}")
+        extra = {"run": str(args.run_dir), "checkpoint": loaded.tag, "model": loaded.config.model.kind,
+                 "text_inputs": {"utterances": True, "context_fields": list(loaded.config.data.text.context_fields)}}
+        for split in dict.fromkeys(args.splits):
+            scored = evaluate_model(
+                loaded.model, loaded.config.data, loaded.modalities, split,
+                args.batch_size or loaded.eval_batch_size, device, loaded.bf16, env.rank, env.world_size,
+                len(loaded.classes), progress=not args.no_progress,
+            )
+            if scored is not None:
+                metrics = write_evaluation(args.run_dir, split, scored, loaded.classes, extra, loaded.step)
+                print(summary_line(split, metrics))
+                print(f"predictions: {args.run_dir / 'predictions' / (split + '.npz')}  report: {args.run_dir / 'eval' / split}")
     finally:
         dist.shutdown()
     return 0

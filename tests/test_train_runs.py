@@ -90,10 +90,11 @@ def test_other_launchers_train_model_a(launcher, shards, tmp_path):
 
 def test_evaluate_on_two_ranks_and_export(run_a, shards, tmp_path):
     run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
-         "-m", "emotrain.cli", "evaluate", str(run_a), "--split", "test", "--no-progress"])
-    manifest = json.loads((shards / "test" / "manifest.json").read_text())
-    preds = load_predictions(run_a / "predictions" / "test.npz")
-    assert len(preds.keys) == manifest["labelled_turns"] > 0
+         "-m", "emotrain.cli", "evaluate", str(run_a), "--split", "val", "test", "--no-progress"])
+    for split in ("val", "test"):
+        manifest = json.loads((shards / split / "manifest.json").read_text())
+        preds = load_predictions(run_a / "predictions" / f"{split}.npz")
+        assert len(preds.keys) == manifest["labelled_turns"] > 0
     report = json.loads((run_a / "eval" / "test" / "report.json").read_text())
     assert report["checkpoint"] == "step00000030" and report["text_inputs"]["context_fields"] == ["context"]
     out = tmp_path / "export"
