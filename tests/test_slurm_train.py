@@ -1,7 +1,8 @@
 """Training through a real SLURM (slurm/local/start.sh): sbatch, two nodes, requeue, submitit.
 
 The jobs run slurm/train.sbatch and launch/submit.py exactly as a user would, with CPU-only
-overrides on the command line (no GPUs on the test cluster) and model A's tiny config.
+overrides on the command line (no GPUs on the test cluster) and model B's tiny config (the
+fastest real model here: these tests are about the launch path, not the model).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def shards(corpus13, tmp_path_factory):
     return out
 
 
-CONFIG = "configs/demo/audio_text.yaml"
+CONFIG = "configs/demo/video_text.yaml"
 CPU_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
 # What a shell that ran torchrun (or a test that initialised in-process) leaves behind; a job
 # submitted with it must still be numbered by SLURM.
