@@ -20,6 +20,7 @@ import io
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -36,6 +37,8 @@ from emotrain.data.media import (
     read_wav,
 )
 from emotrain.data.schema import SAMPLE_RATE
+
+Item = TypeVar("Item")
 
 
 def synth_mp4(rng: np.random.Generator, seconds: float, fps: int, size: int, gop: int) -> bytes:
@@ -77,8 +80,11 @@ def corpus_clips(folder: Path, limit: int) -> tuple[list[bytes], list[bytes]]:
     return wavs, mp4s
 
 
-def rate(fn: Callable[[bytes], object], clips: list[bytes], min_seconds: float) -> tuple[float, int]:
-    """Clips/s of ``fn`` over the clips, repeated until at least ``min_seconds`` have passed."""
+def rate(fn: Callable[[Item], object], clips: list[Item], min_seconds: float) -> tuple[float, int]:
+    """Clips/s of ``fn`` over the clips, repeated until at least ``min_seconds`` have passed.
+
+    Also used by ``loader_throughput.py`` for its decode limit (c).
+    """
     fn(clips[0])  # warm-up: imports, first-call setup
     done, start = 0, time.perf_counter()
     while True:
