@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
             if scored is not None:
                 metrics = write_evaluation(args.run_dir, split, scored, loaded.classes, extra, loaded.step)
                 print(summary_line(split, metrics))
-                print(f"predictions: {args.run_dir / 'predictions' / (split + '.npz')}  report: {args.run_dir / 'eval' / split}")
+                print(f"predictions: {args.run_dir / 'predictions' / (split + '.npz')}  "
+                      f"report: {args.run_dir / 'eval' / split}")
     finally:
         dist.shutdown()
     return 0

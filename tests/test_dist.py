@@ -128,7 +128,6 @@ def test_accelerate_settings_as_exported_by_accelerate_1_15() -> None:
     assert dist.read_env(environ).launcher == dist.ACCELERATE
 
 
-
 def test_forget_torch_ranks_lets_slurm_number_the_ranks() -> None:
     """Stray torch variables in a submitting shell would make every SLURM task rank 0."""
     environ = {**SRUN, "SLURM_PROCID": "1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_PORT": "29500"}

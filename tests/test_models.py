@@ -174,8 +174,8 @@ def test_missing_media_gives_finite_logits_and_trains_the_missing_vector(kind):
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_batch_with_every_clip_missing_scores_in_eval_mode(kind, bf16):
-    """Evaluation takes oneDNN's LSTM path, which rejects the stride-0 "missing" vector a batch
-    without any clip expands to (a demo evaluation died on such a batch)."""
+    """Evaluation runs under autocast, where oneDNN's CPU LSTM rejected float32 input (the
+    "missing" vector of a batch without any clip stays float32); a demo evaluation died on it."""
     model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES).eval()
     batch = make_batch(kind, [0, 1, 2])
     batch["audio_present" if kind == "audio_text" else "video_present"][:] = False

@@ -110,7 +110,8 @@ def submit(shards: Path, run_dir: Path, logs: Path, steps: int, wait: bool) -> s
     cmd = [sys.executable, str(REPO / "launch" / "submit.py"), "--cluster", "slurm", "--config", CONFIG,
            "--run-dir", str(run_dir), *sets, "--nodes", "1", "--tasks-per-node", "2", "--cpus-per-task", "1",
            "--partition", "debug", "--time", "10", "--logs", str(logs), *(["--wait"] if wait else [])]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CPU_ENV, **STRAY_TORCH_ENV}, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CPU_ENV, **STRAY_TORCH_ENV}, capture_output=True,
+                          text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
