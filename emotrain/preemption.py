@@ -14,6 +14,18 @@ import signal
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+# `scancel --signal` and SLURM's `--signal` reach every process of the step, loader workers too.
+NOTICE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def ignore_stop_notices(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the USR notices are the training process's to act on.
+
+    By default they kill a worker, and the training process then fails on the lost worker
+    before it can checkpoint.
+    """
+    for sig in NOTICE_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class StopRequest:

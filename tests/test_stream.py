@@ -153,3 +153,20 @@ def test_train_ranks_read_disjoint_shards_and_run_equal_batches(five_shards, tmp
         epoch0.append(expected)
     assert not epoch0[0] & epoch0[1]
     assert epoch0[0] | epoch0[1] == set().union(*convs_in.values())
+
+
+def test_loader_workers_survive_the_preemption_notices(five_shards):
+    """`scancel --signal=USR2` reaches loader workers too; a dead worker would fail the training
+    process before it could checkpoint (seen in the submitit preemption test)."""
+    import os
+    import signal
+
+    loader, manifest = build_loader(data_config(five_shards, num_workers=1), "train", Modalities(False, False), 2,
+                                    train=False)
+    batches = iter(loader)
+    keys = list(next(batches)["keys"])
+    for worker in batches._workers:
+        os.kill(worker.pid, signal.SIGUSR1)
+        os.kill(worker.pid, signal.SIGUSR2)
+    keys += [k for batch in batches for k in batch["keys"]]
+    assert len(keys) == len(set(keys)) == manifest["labelled_turns"]

@@ -47,6 +47,7 @@ from emotrain.data.schema import ROLE_IDS, UNLABELLED, mp4_member, wav_member
 from emotrain.data.shardlists import ShardSource
 from emotrain.data.text import MetadataEncoder, TextConfig, context_text, load_tokenizer, pad_token_batch, tokenize_turn
 from emotrain.errors import UserError
+from emotrain.preemption import ignore_stop_notices
 
 log = logging.getLogger(__name__)
 
@@ -305,5 +306,6 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
     dataset = TurnBatches(urls, cfg, modalities, manifest["vocab"], batch_size, train, rank, world_size, start_epoch)
     kwargs: dict[str, Any] = {"batch_size": None, "num_workers": cfg.num_workers}
     if cfg.num_workers > 0:
-        kwargs.update(multiprocessing_context="forkserver", prefetch_factor=4, persistent_workers=False)
+        kwargs.update(multiprocessing_context="forkserver", prefetch_factor=4, persistent_workers=False,
+                      worker_init_fn=ignore_stop_notices)
     return torch.utils.data.DataLoader(dataset, **kwargs), manifest
