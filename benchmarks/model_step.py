@@ -2,9 +2,15 @@
 
 Batch of ``--batch-size`` turns of ``--utterances`` utterances (``--seconds`` of audio per
 utterance for model A, the config's frames for model B), tiny configs by default; prints the
-median and the fastest of ``--runs`` timed steps after ``--warmup`` untimed ones, in fp32 and
-under bf16 autocast. Threads: ``--threads`` (default 1, like one loader-free training rank on
-a shared machine).
+median and the fastest of ``--runs`` timed steps after ``--warmup`` untimed ones, for:
+
+- fp32;
+- bf16 autocast over fp32 parameters (how evaluation runs);
+- bf16 parameters (how DeepSpeed's bf16 training runs);
+
+the two bf16 modes both with the models' convolutions as built (float32 where they would run in
+bf16 on a CPU: ``emotrain.models.cpu_convs``) and with plain convolutions, and the ratio.
+Threads: ``--threads`` (default 1, like one loader-free training rank on a shared machine).
 """
 
 from __future__ import annotations
@@ -19,18 +25,19 @@ import torch
 from emotrain.config import load_config
 from emotrain.data.schema import META_FIELDS
 from emotrain.models import ModelConfig, build_model
+from emotrain.models.cpu_convs import use_float32_cpu_convs, use_plain_convs
 from emotrain.models.example_batch import example_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 7
 
 
-def step_times(model: torch.nn.Module, batch: dict, runs: int, warmup: int, bf16: bool) -> list[float]:
+def step_times(model: torch.nn.Module, batch: dict, runs: int, warmup: int, autocast: bool) -> list[float]:
     times = []
     for i in range(warmup + runs):
         model.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits = model(batch)
         torch.nn.functional.cross_entropy(logits.float(), batch["labels"]).backward()
         if i >= warmup:
@@ -64,10 +71,21 @@ def main() -> None:
         labels = [i % NUM_CLASSES for i in range(args.batch_size)]
         batch = example_batch(cfg.kind, labels, utterances=args.utterances, seconds=args.seconds,
                               vocab_size=cfg.text.config.get("vocab_size", 30522), **shape)
-        for bf16 in (False, True):
-            times = step_times(model, batch, args.runs, args.warmup, bf16)
-            print(f"{cfg.kind:<10} {Path(path).name:<24} {params:>10,} params  {'bf16 autocast' if bf16 else 'fp32':<13} "
-                  f"forward+backward {statistics.median(times) * 1000:7.1f} ms ({min(times) * 1000:.1f})")
+        print(f"{cfg.kind} ({Path(path).name}, {params:,} params): forward+backward, median (min) ms")
+        print(f"  {'fp32':<16} {timing(step_times(model, batch, args.runs, args.warmup, False))}")
+        for mode in ("bf16 autocast", "bf16 parameters"):
+            model.to(torch.bfloat16 if mode == "bf16 parameters" else torch.float32)
+            autocast = mode == "bf16 autocast"
+            fast = step_times(model, batch, args.runs, args.warmup, autocast)
+            use_plain_convs(model)
+            plain = step_times(model, batch, args.runs, args.warmup, autocast)
+            use_float32_cpu_convs(model)
+            print(f"  {mode:<16} {timing(fast)} with float32 CPU convs, {timing(plain)} with plain convs: "
+                  f"{statistics.median(plain) / statistics.median(fast):.2f}x")
+
+
+def timing(times: list[float]) -> str:
+    return f"{statistics.median(times) * 1000:7.1f} ({min(times) * 1000:.1f})"
 
 
 if __name__ == "__main__":

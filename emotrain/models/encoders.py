@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from emotrain.errors import UserError
+from emotrain.models.cpu_convs import use_float32_cpu_convs
 
 EncoderKind = Literal["bert", "wav2vec2", "timesformer"]
 
@@ -130,6 +131,7 @@ def load_encoder(kind: EncoderKind, spec: EncoderSpec, load_weights: bool = True
     else:
         model = model_cls(config, **extra)
     _apply_freezing(kind, model, spec)
+    use_float32_cpu_convs(model)
     if spec.gradient_checkpointing:
         # Non-reentrant: works with frozen inputs (reentrant checkpoints need an input with grad).
         kwargs = {"use_reentrant": False}
