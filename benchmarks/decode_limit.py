@@ -6,7 +6,7 @@ the same in-memory bytes (no I/O, no tar, no tokenising), one thread, as in a lo
 - video: ``decode_video`` (the mp4 check, decord decoding 8 frames scaled while decoding,
   normalising) at 224 px and at ``--image-size``, plus ``check_mp4`` alone (the guard's cost)
   and, for comparison, decord with its default thread count;
-- audio: ``load_wav_16k`` + ``crop_or_pad`` on 16 kHz wavs (what the loader reads after packing)
+- audio: ``load_wav_16k`` + ``crop`` on 16 kHz wavs (what the loader reads after packing)
   and on ``--source-rate`` wavs (what the packer reads, resampling once).
 
 Clips come from ``--corpus DIR`` (every ``*.wav`` / ``*.mp4`` under it, e.g. an AvaMERG or
@@ -30,7 +30,7 @@ import torch
 from emotrain.data.media import (
     VideoConfig,
     check_mp4,
-    crop_or_pad,
+    crop,
     decode_video,
     encode_wav_16k,
     load_wav_16k,
@@ -138,9 +138,9 @@ def main() -> None:
     crop_rng = np.random.default_rng(1)
     frame_rng = np.random.default_rng(2)
     report("audio: load_wav_16k + crop (16 kHz, as packed)",
-           lambda d: crop_or_pad(load_wav_16k(d), max_samples, True, crop_rng), packed_wavs, args.min_seconds)
+           lambda d: crop(load_wav_16k(d), max_samples, True, crop_rng), packed_wavs, args.min_seconds)
     report("audio: load_wav_16k + crop (source rate, resampling)",
-           lambda d: crop_or_pad(load_wav_16k(d), max_samples, True, crop_rng), source_wavs, args.min_seconds)
+           lambda d: crop(load_wav_16k(d), max_samples, True, crop_rng), source_wavs, args.min_seconds)
     report("video: check_mp4 only (the crash guard)", check_mp4, mp4s, args.min_seconds)
     for size in dict.fromkeys([224, args.image_size]):
         cfg = VideoConfig(num_frames=args.num_frames, image_size=size, jitter=True)

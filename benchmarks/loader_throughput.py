@@ -45,7 +45,7 @@ from emotrain.data.avamerg import MediaDirs  # noqa: E402
 from emotrain.data.media import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
-    crop_or_pad,
+    crop,
     decode_audio,
     decode_video,
     frame_indices,
@@ -112,10 +112,10 @@ class NaiveTurns(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.keys)
 
-    def _audio(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    def _audio(self, path: Path) -> np.ndarray:
         samples, sample_rate = soundfile.read(path, dtype="float32", always_2d=True)
         mono = resample_16k(np.ascontiguousarray(samples.mean(axis=1)), sample_rate)
-        return crop_or_pad(mono, self.cfg.audio.max_samples, False, np.random.default_rng(0))
+        return crop(mono, self.cfg.audio.max_samples, False, np.random.default_rng(0))
 
     def _video(self, path: Path) -> torch.Tensor:
         import decord
@@ -151,12 +151,12 @@ class NaiveTurns(torch.utils.data.Dataset):
         item["utt_attention_mask"][: len(history)] = utts["attention_mask"]
         stems = [f"dia{cid}utt{u['index']}_{record[u['role'] + '_profile']['ID']}" for u in history]
         if self.modalities.audio:
-            audio = torch.zeros(slots, self.cfg.audio.max_samples)
-            mask = torch.zeros(slots, self.cfg.audio.max_samples, dtype=torch.long)
+            audio = torch.zeros(slots, self.cfg.audio.max_samples)  # padded to the limit, as the seed did
+            lengths = torch.zeros(slots, dtype=torch.long)
             for j, stem in enumerate(stems):
-                window, real = self._audio(self.media.wav(stem))
-                audio[j], mask[j] = torch.from_numpy(window), torch.from_numpy(real)
-            item.update(audio=audio, audio_sample_mask=mask)
+                clip = self._audio(self.media.wav(stem))
+                audio[j, : len(clip)], lengths[j] = torch.from_numpy(clip), len(clip)
+            item.update(audio=audio, audio_lengths=lengths)
         if self.modalities.video:
             item["video"] = self._video(self.media.mp4(stems[-1]))
         return item

@@ -16,7 +16,7 @@ from emotrain.data.media import (
     MediaError,
     VideoConfig,
     check_mp4,
-    crop_or_pad,
+    crop,
     decode_audio,
     decode_video,
     encode_wav_16k,
@@ -126,12 +126,11 @@ def test_encode_wav_16k_is_pcm16_and_clips_instead_of_wrapping():
 def test_eval_crop_is_the_centre_and_deterministic():
     n, keep = 5 * SAMPLE_RATE, 2 * SAMPLE_RATE
     samples = np.arange(n, dtype=np.float32)
-    out_a, mask_a = crop_or_pad(samples, keep, train=False, rng=rng(1))
-    out_b, _ = crop_or_pad(samples, keep, train=False, rng=rng(2))
+    out_a = crop(samples, keep, train=False, rng=rng(1))
+    out_b = crop(samples, keep, train=False, rng=rng(2))
     start = (n - keep) // 2
-    assert out_a[0] == start and out_a[-1] == start + keep - 1
+    assert len(out_a) == keep and out_a[0] == start and out_a[-1] == start + keep - 1
     assert np.array_equal(out_a, out_b)
-    assert mask_a.sum() == keep
 
 
 def test_train_crop_varies_with_the_rng_and_stays_inside():
@@ -140,33 +139,30 @@ def test_train_crop_varies_with_the_rng_and_stays_inside():
     gen = rng(0)
     starts = set()
     for _ in range(20):
-        out, mask = crop_or_pad(samples, keep, train=True, rng=gen)
-        assert mask.all() and np.array_equal(np.diff(out), np.ones(keep - 1))
+        out = crop(samples, keep, train=True, rng=gen)
+        assert len(out) == keep and np.array_equal(np.diff(out), np.ones(keep - 1))
         assert 0 <= out[0] <= n - keep
         starts.add(int(out[0]))
     assert len(starts) > 10
 
 
 @pytest.mark.parametrize("train", [False, True])
-def test_short_clips_are_zero_padded_with_a_zero_mask(train):
-    samples = np.full(100, 0.25, dtype=np.float32)
-    out, mask = crop_or_pad(samples, 160, train=train, rng=rng())
-    assert out.shape == mask.shape == (160,)
-    assert np.all(out[:100] == 0.25) and np.all(out[100:] == 0)
-    assert mask.dtype.kind == "i" and mask[:100].all() and not mask[100:].any()
+def test_short_clips_come_back_whole_and_unpadded(train):
+    samples = np.full(100, 0.25, dtype=np.float64)
+    out = crop(samples, 160, train=train, rng=rng())
+    assert out.dtype == np.float32 and out.shape == (100,) and np.all(out == 0.25)
 
 
-def test_decode_audio_augments_only_real_samples_in_training():
+def test_decode_audio_augments_only_in_training():
     data = wav_bytes(sine(440, 1.0, SAMPLE_RATE), SAMPLE_RATE)
     cfg = AudioConfig(max_seconds=1.5, augment=True)
-    plain, plain_mask = decode_audio(data, cfg, train=False, rng=rng())
-    aug, aug_mask = decode_audio(data, cfg, train=True, rng=rng())
-    assert np.array_equal(plain_mask, aug_mask) and plain_mask.sum() == SAMPLE_RATE
-    assert not np.allclose(aug[:SAMPLE_RATE], plain[:SAMPLE_RATE])
-    assert np.all(aug[SAMPLE_RATE:] == 0)
-    assert abs(peak_hz(aug[:SAMPLE_RATE], SAMPLE_RATE) - 440) <= 1.0  # the content survives
-    same, _ = decode_audio(data, AudioConfig(max_seconds=1.5), train=True, rng=rng())
-    assert np.array_equal(same[:SAMPLE_RATE], plain[:SAMPLE_RATE])
+    plain = decode_audio(data, cfg, train=False, rng=rng())
+    aug = decode_audio(data, cfg, train=True, rng=rng())
+    assert plain.shape == aug.shape == (SAMPLE_RATE,)  # a 1 s clip under a 1.5 s limit: whole, unpadded
+    assert not np.allclose(aug, plain)
+    assert abs(peak_hz(aug, SAMPLE_RATE) - 440) <= 1.0  # the content survives
+    same = decode_audio(data, AudioConfig(max_seconds=1.5), train=True, rng=rng())
+    assert np.array_equal(same, plain)
 
 
 def _truncated_wav() -> bytes:

@@ -95,7 +95,7 @@ def test_padding_utterances_do_not_change_the_output(kind):
     model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES).eval()
     batch = make_batch(kind, [4, 5], utterances=3)
     padded = dict(batch)
-    for key in ("utt_input_ids", "utt_attention_mask", "utt_roles", "utt_mask", "audio", "audio_sample_mask", "audio_present"):
+    for key in ("utt_input_ids", "utt_attention_mask", "utt_roles", "utt_mask", "audio", "audio_lengths", "audio_present"):
         if key in batch:
             value = batch[key]
             extra = torch.zeros((value.shape[0], 2, *value.shape[2:]), dtype=value.dtype)
@@ -145,11 +145,10 @@ def test_clip_vector_ignores_sample_padding_with_layer_norm_wav2vec2():
     assert encoder.pass_attention_mask
     wave = torch.randn(1, 8000)
     padded = torch.cat([wave, torch.zeros(1, 8000)], dim=1)
-    mask = torch.cat([torch.ones(1, 8000, dtype=torch.long), torch.zeros(1, 8000, dtype=torch.long)], dim=1)
     other = torch.randn(1, 16000)  # a longer clip in the same batch keeps the padding
     with torch.no_grad():
-        alone = encoder(wave, torch.ones(1, 8000, dtype=torch.long))
-        together = encoder(torch.cat([padded, other]), torch.cat([mask, torch.ones(1, 16000, dtype=torch.long)]))
+        alone = encoder(wave, torch.tensor([8000]))
+        together = encoder(torch.cat([padded, other]), torch.tensor([8000, 16000]))
     torch.testing.assert_close(together[0], alone[0], rtol=1e-4, atol=1e-4)
 
 
@@ -159,7 +158,7 @@ def test_missing_media_gives_finite_logits_and_trains_the_missing_vector(kind):
     if kind == "audio_text":
         batch["audio_present"][:] = False
         batch["audio"].zero_()
-        batch["audio_sample_mask"].zero_()
+        batch["audio_lengths"].zero_()
         missing, encoder = model.audio_missing, model.audio_encoder
     else:
         batch["video_present"][:] = False

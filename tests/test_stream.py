@@ -50,7 +50,10 @@ def test_batch_contract_audio_model_reads_no_video(five_shards):
     b = batches[0]
     B, U = b["utt_roles"].shape
     assert b["utt_input_ids"].shape[:2] == (B, U) and b["ctx_input_ids"].shape[0] == B
-    assert b["audio"].shape == (B, U, 16000) and b["audio_sample_mask"].shape == (B, U, 16000)
+    assert b["audio_lengths"].shape == (B, U) and b["audio"].shape == (B, U, int(b["audio_lengths"].max()))
+    assert b["audio"].shape[2] <= 16000  # max_seconds 1: padded to the batch's longest clip, at most that
+    padding = torch.arange(b["audio"].shape[2]) >= b["audio_lengths"][..., None]
+    assert not b["audio"][padding].any()
     assert b["meta_ids"].shape == (B, len(META_FIELDS))
     assert "video" not in b and "video_present" not in b
     assert torch.equal(b["utt_mask"], b["utt_roles"] > 0)
@@ -58,6 +61,7 @@ def test_batch_contract_audio_model_reads_no_video(five_shards):
     # the current utterance is the last real slot and is the speaker's
     assert (b["utt_roles"][torch.arange(B), b["num_utts"] - 1] == 1).all()
     assert b["audio_present"][b["utt_mask"]].float().mean() > 0.5
+    assert torch.equal(b["audio_present"], b["audio_lengths"] > 0)
     assert not b["audio_present"][~b["utt_mask"]].any()
 
 

@@ -177,25 +177,17 @@ def probe_wav(data: bytes) -> tuple[bool, str]:
     return True, ""
 
 
-def crop_or_pad(
-    samples: np.ndarray, max_samples: int, train: bool, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """A ``max_samples`` window of the clip and its mask (1 on real samples, 0 on padding).
+def crop(samples: np.ndarray, max_samples: int, train: bool, rng: np.random.Generator) -> np.ndarray:
+    """At most ``max_samples`` of the clip: a random window in training, the centre one in evaluation.
 
-    Training takes a random window, evaluation the centre one (the seed project only ever
-    heard each clip's first second). Short clips are zero-padded at the end.
+    The seed project only ever heard each clip's first second. Shorter clips come back whole;
+    padding is the collator's job (to the longest clip of the batch, not to ``max_samples``).
     """
     n = len(samples)
-    out = np.zeros(max_samples, dtype=np.float32)
-    mask = np.zeros(max_samples, dtype=np.int64)
-    if n >= max_samples:
-        start = int(rng.integers(0, n - max_samples + 1)) if train else (n - max_samples) // 2
-        out[:] = samples[start : start + max_samples]
-        mask[:] = 1
-    else:
-        out[:n] = samples
-        mask[:n] = 1
-    return out, mask
+    if n <= max_samples:
+        return np.ascontiguousarray(samples, dtype=np.float32)
+    start = int(rng.integers(0, n - max_samples + 1)) if train else (n - max_samples) // 2
+    return np.ascontiguousarray(samples[start : start + max_samples], dtype=np.float32)
 
 
 def augment_audio(samples: np.ndarray, cfg: AudioConfig, rng: np.random.Generator) -> np.ndarray:
@@ -213,15 +205,12 @@ def augment_audio(samples: np.ndarray, cfg: AudioConfig, rng: np.random.Generato
     return np.clip(wave[0].numpy(), -1.0, 1.0)
 
 
-def decode_audio(
-    data: bytes, cfg: AudioConfig, train: bool, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """What the loader wants per wav: a fixed-length 16 kHz window, its mask, augmented in training."""
-    window, mask = crop_or_pad(load_wav_16k(data), cfg.max_samples, train, rng)
+def decode_audio(data: bytes, cfg: AudioConfig, train: bool, rng: np.random.Generator) -> np.ndarray:
+    """What the loader wants per wav: at most ``max_seconds`` of 16 kHz audio, augmented in training."""
+    clip = crop(load_wav_16k(data), cfg.max_samples, train, rng)
     if train and cfg.augment:
-        real = int(mask.sum())
-        window[:real] = augment_audio(window[:real], cfg, rng)
-    return window, mask
+        clip = augment_audio(clip, cfg, rng)
+    return clip
 
 
 # --- mp4 structure -------------------------------------------------------------------------------

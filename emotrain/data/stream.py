@@ -19,8 +19,9 @@ Batch contract (dict; B turns, U utterance slots, L token lengths):
 - ``ctx_input_ids``, ``ctx_attention_mask``: LongTensor [B, Lc], the context text built from
   ``text.context_fields``
 - ``meta_ids``: LongTensor [B, len(META_FIELDS)], 0 = unknown
-- audio models only: ``audio`` FloatTensor [B, U, S] (16 kHz, S = max_seconds * 16000),
-  ``audio_sample_mask`` LongTensor [B, U, S], ``audio_present`` BoolTensor [B, U]
+- audio models only: ``audio`` FloatTensor [B, U, S] (16 kHz, zero-padded; S is the batch's
+  longest clip, at most ``max_seconds * 16000``), ``audio_lengths`` LongTensor [B, U] (real
+  samples of each clip, 0 where there is none), ``audio_present`` BoolTensor [B, U]
 - video models only: ``video`` FloatTensor [B, T, 3, H, W] (the current utterance's clip),
   ``video_present`` BoolTensor [B]
 - ``skipped``: dict[str, int], what this batch's worker skipped since its previous batch
@@ -132,7 +133,7 @@ class TurnExpander:
         self.tokenizer = load_tokenizer(cfg.text.tokenizer)
         self.rng = np.random.default_rng(seed)
 
-    def _audio(self, sample: dict[str, Any], index: int, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def _audio(self, sample: dict[str, Any], index: int, key: str) -> np.ndarray | None:
         data = sample.get(wav_member(index))
         if data is None:
             return None
@@ -222,17 +223,15 @@ def collate_turns(samples: list[dict[str, Any]], cfg: DataConfig, modalities: Mo
     batch["utt_roles"] = roles
     batch["utt_mask"] = roles > 0
     if modalities.audio:
-        max_samples = cfg.audio.max_samples
-        audio = torch.zeros(batch_size, max_u, max_samples)
-        mask = torch.zeros(batch_size, max_u, max_samples, dtype=torch.long)
-        present = torch.zeros(batch_size, max_u, dtype=torch.bool)
-        for i, s in enumerate(samples):
-            for j, clip in enumerate(s["audio"]):
-                if clip is not None:
-                    audio[i, j] = torch.from_numpy(clip[0])
-                    mask[i, j] = torch.from_numpy(clip[1].astype(np.int64))
-                    present[i, j] = True
-        batch.update(audio=audio, audio_sample_mask=mask, audio_present=present)
+        clips = [(i, j, clip) for i, s in enumerate(samples) for j, clip in enumerate(s["audio"]) if clip is not None]
+        lengths = torch.zeros(batch_size, max_u, dtype=torch.long)
+        for i, j, clip in clips:
+            lengths[i, j] = len(clip)
+        audio = torch.zeros(batch_size, max_u, max(1, int(lengths.max())))
+        for i, j, clip in clips:
+            audio[i, j, : len(clip)] = torch.from_numpy(clip)
+        # A clip that decoded to no samples counts as missing (the model's learned "missing" vector).
+        batch.update(audio=audio, audio_lengths=lengths, audio_present=lengths > 0)
     if modalities.video:
         shape = (cfg.video.num_frames, 3, cfg.video.image_size, cfg.video.image_size)
         video = torch.zeros(batch_size, *shape)

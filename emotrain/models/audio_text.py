@@ -49,7 +49,7 @@ class AudioTextModel(nn.Module):
         )
         present = batch["audio_present"] & utt_mask
         if present.any():
-            clips = self.audio_encoder(batch["audio"][present], batch["audio_sample_mask"][present])
+            clips = self.audio_encoder(batch["audio"][present], batch["audio_lengths"][present])
             audio = scatter_rows(clips, present, self.audio_missing)
         else:
             audio = self.audio_missing.expand(*present.shape, -1).to(text.dtype)

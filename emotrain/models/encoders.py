@@ -225,15 +225,14 @@ class Wav2Vec2Pooled(nn.Module):
         frames = config.mask_time_length if config.apply_spec_augment and config.mask_time_prob > 0 else 1
         self.min_samples = samples_for_frames(frames, config.conv_kernel, config.conv_stride)
 
-    def forward(self, waveforms: torch.Tensor, sample_mask: torch.Tensor) -> torch.Tensor:
-        """``waveforms`` [N, S] zero-padded, ``sample_mask`` [N, S] (1 on real samples) -> [N, D]."""
-        lengths = sample_mask.sum(-1).clamp(min=1)
-        # Cut the padding shared by every clip (S is sized for the longest allowed clip), or
-        # zero-pad up to the minimum length.
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``waveforms`` [N, S] zero-padded after each clip's ``lengths`` [N] real samples -> [N, D]."""
+        lengths = lengths.clamp(min=1)
+        # Cut the padding shared by every clip, or zero-pad up to the minimum length.
         width = max(int(lengths.max()), self.min_samples)
-        pad = (0, max(0, width - waveforms.shape[1]))
-        mask = nn.functional.pad(sample_mask[:, :width], pad).to(torch.float32)
-        waveforms = nn.functional.pad(waveforms[:, :width].to(torch.float32), pad) * mask
+        waveforms = nn.functional.pad(waveforms[:, :width].to(torch.float32), (0, max(0, width - waveforms.shape[1])))
+        mask = (torch.arange(width, device=waveforms.device)[None, :] < lengths[:, None]).to(torch.float32)
+        waveforms = waveforms * mask
         dtype = next(self.model.parameters()).dtype
         mean = waveforms.sum(-1, keepdim=True) / lengths[:, None]
         var = ((waveforms - mean) * mask).pow(2).sum(-1, keepdim=True) / lengths[:, None]

@@ -55,13 +55,13 @@ def example_batch(
     batch.update(keys=[f"c{i}_0" for i in range(batch_size)], labels=label_t)
     if kind == "audio_text":
         samples = int(seconds * SAMPLE_RATE)
-        real = torch.randint(samples // 4, samples + 1, (batch_size, utterances), generator=gen)
-        sample_mask = (torch.arange(samples)[None, None, :] < real[..., None]).long() * batch["utt_mask"][..., None]
+        lengths = torch.randint(samples // 4, samples + 1, (batch_size, utterances), generator=gen) * batch["utt_mask"]
+        sample_mask = torch.arange(samples)[None, None, :] < lengths[..., None]
         t = torch.arange(samples) / SAMPLE_RATE
         phase = torch.rand(batch_size, utterances, 1, generator=gen) * 2 * math.pi
         freq = 200.0 * (label_t.float() + 1)
         wave = 0.5 * torch.sin(2 * math.pi * freq[:, None, None] * t + phase)
-        batch.update(audio=wave * sample_mask, audio_sample_mask=sample_mask, audio_present=batch["utt_mask"].clone())
+        batch.update(audio=wave * sample_mask, audio_lengths=lengths, audio_present=batch["utt_mask"].clone())
     elif kind == "video_text":
         noise = 0.5 * torch.randn(batch_size, frames, 3, image, image, generator=gen)
         batch.update(video=_tint(label_t)[:, None, :, None, None] + noise, video_present=torch.ones(batch_size, dtype=torch.bool))
