@@ -1,15 +1,17 @@
 """Loader throughput: turns/s from packed shards, against the seed's per-file loading and the decode limit.
 
-On one AvaMERG-layout corpus (synthesised with the default ``SynthSpec`` and packed into a temp
-folder unless ``--corpus``/``--shards`` are given), for a model reading both audio and video
+On one AvaMERG-layout corpus (synthesised with the default ``SynthSpec``, or ``--video-size`` /
+``--fps`` closer to real talking-face clips, and packed into a temp folder unless
+``--corpus``/``--shards`` are given), for a model reading both audio and video
 (and, with ``--modalities``, per modality), in eval mode, with the same worker count:
 
-(a) ``build_loader`` over the shards: turn batches as training and evaluation get them.
+(a) ``build_loader`` over the shards: turn batches as training and evaluation get them
+    (uint8 frames, which the video model normalises on its device).
 (b) naive per-file loading from the raw folder, as the seed project did: a map-style Dataset
     over turn keys whose ``__getitem__`` scans the parsed JSON list for the turn, decodes the
-    *whole* mp4 at its own size, picks 8 frames and resizes them, reads and resamples every
-    wav of the turn's utterances from its file, tokenises padded to the maxima; a DataLoader
-    with the same ``num_workers`` and batch size.
+    *whole* mp4 at its own size, picks 8 frames, resizes and normalises them, reads and
+    resamples every wav of the turn's utterances from its file, tokenises padded to the
+    maxima; a DataLoader with the same ``num_workers`` and batch size.
 (c) the decode limit: the clips the loader decodes (each clip once per conversation, as (a)
     does) timed with ``decode_limit.rate`` in a tight loop over the same shard bytes, in as
     many concurrent processes as there are workers, expressed as turns/s.
@@ -43,8 +45,6 @@ import webdataset as wds  # noqa: E402
 from decode_limit import rate  # noqa: E402
 from emotrain.data.avamerg import MediaDirs  # noqa: E402
 from emotrain.data.media import (  # noqa: E402
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     crop,
     decode_audio,
     decode_video,
@@ -58,6 +58,7 @@ from emotrain.data.stream import DataConfig, Modalities, build_loader, read_mani
 from emotrain.data.synthetic import SynthSpec, generate_corpus  # noqa: E402
 from emotrain.data.text import TextConfig, context_text, load_tokenizer  # noqa: E402
 from emotrain.labels import LabelScheme, load_scheme, scheme_from_dict  # noqa: E402
+from emotrain.models.build import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODALITY_SETS = {"both": Modalities(True, True), "audio": Modalities(True, False), "video": Modalities(False, True)}
@@ -251,8 +252,10 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, str]:
     corpus = args.corpus
     if corpus is None:
         corpus = tmp / "corpus"
-        generate_corpus(corpus, args.conversations, seed=args.seed, spec=SynthSpec(), workers=2, progress=False)
-        origin = f"{args.conversations} conversations synthesised (seed {args.seed}, default SynthSpec)"
+        spec = SynthSpec(video_size=args.video_size, fps=args.fps)
+        generate_corpus(corpus, args.conversations, seed=args.seed, spec=spec, workers=2, progress=False)
+        origin = (f"{args.conversations} conversations synthesised (seed {args.seed}; mp4s {spec.video_size} px at "
+                  f"{spec.fps} fps, {spec.min_seconds:g}-{spec.max_seconds:g} s)")
     else:
         origin = f"corpus {corpus}"
     shards = args.shards
@@ -271,6 +274,10 @@ def main() -> None:
     parser.add_argument("--split", default="train", help="split of --shards to read (default train)")
     parser.add_argument("--conversations", type=int, default=200, help="conversations to synthesise")
     parser.add_argument("--seed", type=int, default=0, help="synthesis seed")
+    parser.add_argument("--video-size", type=int, default=SynthSpec.video_size,
+                        help="synthesised mp4 side in px (default %(default)s; talking-face clips are larger)")
+    parser.add_argument("--fps", type=int, default=SynthSpec.fps,
+                        help="synthesised mp4 frame rate (default %(default)s; real clips are about 25)")
     parser.add_argument("--max-per-shard", type=int, default=10, help="conversations per shard when packing")
     parser.add_argument("--workers", type=int, default=2, help="loader workers for (a) and (b), processes for (c)")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -49,6 +49,8 @@ def test_tiny_configs_load_and_expose_loader_needs():
     ({"kind": "video_text", "video": {}, "hidden": 10, "attention_heads": 8}, "divisible"),
     ({"kind": "video_text", "video": {}, "dropout": 1.0}, "dropout"),
     ({"kind": "video_text", "video": {"freeze_layers": -1}}, "freeze_layers"),
+    ({"kind": "video_text", "video": {}, "pixel_std": [0.2, 0.0, 0.2]}, "pixel_std"),
+    ({"kind": "video_text", "video": {}, "pixel_mean": [0.5, 0.5]}, "3 values"),
     ({"kind": "mixed"}, "not one of"),
 ])
 def test_model_config_rejects_nonsense(data, message):
@@ -223,6 +225,16 @@ def test_video_shape_mismatch_is_a_clear_error():
     model = build_model(tiny_config("video_text"), NUM_CLASSES, META_SIZES)
     with pytest.raises(UserError, match="expects 4 frames of 32x32"):
         model(make_batch("video_text", [0, 1], frames=3))
+
+
+def test_video_encoder_normalises_uint8_frames_with_the_configured_statistics():
+    cfg = tiny_config("video_text", ["pixel_mean=[0.5, 0.25, 0.0]", "pixel_std=[0.5, 0.25, 1.0]"])
+    encoder = build_model(cfg, NUM_CLASSES, META_SIZES).video_encoder
+    frames = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean, std = torch.tensor(cfg.pixel_mean).view(3, 1, 1), torch.tensor(cfg.pixel_std).view(3, 1, 1)
+    torch.testing.assert_close(encoder.normalise(frames), (frames.float() / 255 - mean) / std)
+    with pytest.raises(ValueError, match="uint8"):
+        encoder.normalise(frames.float())
 
 
 def test_meta_vocab_sizes_from_manifest_vocab():

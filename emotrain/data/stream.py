@@ -22,8 +22,8 @@ Batch contract (dict; B turns, U utterance slots, L token lengths):
 - audio models only: ``audio`` FloatTensor [B, U, S] (16 kHz, zero-padded; S is the batch's
   longest clip, at most ``max_seconds * 16000``), ``audio_lengths`` LongTensor [B, U] (real
   samples of each clip, 0 where there is none), ``audio_present`` BoolTensor [B, U]
-- video models only: ``video`` FloatTensor [B, T, 3, H, W] (the current utterance's clip),
-  ``video_present`` BoolTensor [B]
+- video models only: ``video`` ByteTensor [B, T, 3, H, W], uint8 RGB (the current utterance's
+  clip; the model normalises it), ``video_present`` BoolTensor [B]
 - ``skipped``: dict[str, int], what this batch's worker skipped since its previous batch
   (``shard_errors``, ``bad_conversations``, ``bad_clips``); the training loop sums them.
 """
@@ -42,6 +42,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import webdataset as wds
+from torch.utils.data import default_collate
 
 from emotrain.data.media import AudioConfig, MediaError, VideoConfig, decode_audio, decode_video
 from emotrain.data.schema import ROLE_IDS, UNLABELLED, mp4_member, wav_member
@@ -233,13 +234,10 @@ def collate_turns(samples: list[dict[str, Any]], cfg: DataConfig, modalities: Mo
         # A clip that decoded to no samples counts as missing (the model's learned "missing" vector).
         batch.update(audio=audio, audio_lengths=lengths, audio_present=lengths > 0)
     if modalities.video:
-        shape = (cfg.video.num_frames, 3, cfg.video.image_size, cfg.video.image_size)
-        video = torch.zeros(batch_size, *shape)
-        present = torch.zeros(batch_size, dtype=torch.bool)
-        for i, s in enumerate(samples):
-            if s["video"] is not None:
-                video[i] = s["video"]
-                present[i] = True
+        blank = torch.zeros(cfg.video.num_frames, 3, cfg.video.image_size, cfg.video.image_size, dtype=torch.uint8)
+        # default_collate stacks straight into shared memory inside a loader worker (no extra copy).
+        video = default_collate([blank if s["video"] is None else s["video"] for s in samples])
+        present = torch.tensor([s["video"] is not None for s in samples], dtype=torch.bool)
         batch.update(video=video, video_present=present)
     return batch
 

@@ -10,6 +10,8 @@ from torch import nn
 from emotrain.models.encoders import EncoderSpec, encoder_config, square_size
 
 ModelKind = Literal["audio_text", "video_text"]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _default_text() -> EncoderSpec:
@@ -24,6 +26,9 @@ class ModelConfig:
     only). ``hidden`` is the per-direction size of every Bi-LSTM; ``meta_dim`` the total size of
     the metadata embeddings, split evenly over the metadata columns. ``use_context`` feeds the
     turn's context text (situation / chain fields chosen in the data config) through BERT.
+    ``pixel_mean`` / ``pixel_std`` (video_text): the RGB statistics the video encoder's weights
+    were trained with; the model normalises the loader's uint8 frames with them on its device,
+    as Wav2Vec2Pooled normalises its waveforms (detectron2 keeps them in the model too).
     """
 
     kind: ModelKind
@@ -38,6 +43,8 @@ class ModelConfig:
     mlp_hidden: int = 256
     dropout: float = 0.1
     use_context: bool = True
+    pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    pixel_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
     def validate(self) -> None:
         if self.kind == "audio_text" and (self.audio is None or self.video is not None):
@@ -53,6 +60,10 @@ class ModelConfig:
             raise ValueError(f"meta_dim must be >= 10 (one dim per metadata column at least), got {self.meta_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            raise ValueError("pixel_mean and pixel_std need 3 values (RGB)")
+        if any(s <= 0 for s in self.pixel_std):
+            raise ValueError("pixel_std values must be > 0")
 
     @property
     def needs_audio(self) -> bool:

@@ -255,18 +255,34 @@ def samples_for_frames(frames: int, kernels: list[int], strides: list[int]) -> i
 
 
 class TimesformerFrames(nn.Module):
-    """One vector per video frame: the mean of that frame's patch tokens in TimeSformer's output."""
+    """One vector per video frame: the mean of that frame's patch tokens in TimeSformer's output.
 
-    def __init__(self, spec: EncoderSpec, load_weights: bool = True) -> None:
+    Takes the loader's uint8 frames and normalises them here, on the model's device, with the
+    RGB statistics its weights were trained with: ``(x / 255 - mean) / std``, in float32.
+    """
+
+    def __init__(self, spec: EncoderSpec, pixel_mean: list[float], pixel_std: list[float],
+                 load_weights: bool = True) -> None:
         super().__init__()
         self.model = load_encoder("timesformer", spec, load_weights)
         config = self.model.config
         self.dim = config.hidden_size
         self.num_frames = config.num_frames
         self.image_size = square_size(config.image_size, "image_size")
+        # Python floats, not buffers: DeepSpeed's bf16 would round buffers to bf16.
+        self.pixel_scale = [1.0 / (255.0 * s) for s in pixel_std]
+        self.pixel_shift = [m / s for m, s in zip(pixel_mean, pixel_std)]
+
+    def normalise(self, video: torch.Tensor) -> torch.Tensor:
+        """uint8 [..., 3, H, W] -> float32, ``(x / 255 - mean) / std`` per channel."""
+        if video.dtype != torch.uint8:
+            raise ValueError(f"video frames must be uint8 RGB (the loader's batch contract), got {video.dtype}")
+        scale = torch.tensor(self.pixel_scale, device=video.device).view(3, 1, 1)
+        shift = torch.tensor(self.pixel_shift, device=video.device).view(3, 1, 1)
+        return video.to(torch.float32).mul_(scale).sub_(shift)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """``video`` [N, T, 3, H, W] -> [N, T, D]."""
+        """``video`` uint8 [N, T, 3, H, W] -> [N, T, D]."""
         n, t, c, h, w = video.shape
         if t != self.num_frames or h != self.image_size or w != self.image_size:
             # TimeSformer's layers reshape by config.num_frames / image_size: a mismatch would
@@ -276,8 +292,9 @@ class TimesformerFrames(nn.Module):
                 f"{self.image_size}x{self.image_size}: set the loader's video.num_frames / video.image_size to match"
             )
         dtype = next(self.model.parameters()).dtype
+        pixels = self.normalise(video).to(dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not is_frozen(self.model)):
-            tokens = self.model(pixel_values=video.to(dtype)).last_hidden_state
+            tokens = self.model(pixel_values=pixels).last_hidden_state
         # Tokens after CLS are ordered patch-major: index 1 + patch * T + frame.
         return tokens[:, 1:].reshape(n, -1, t, self.dim).mean(1)
 

@@ -64,7 +64,9 @@ def example_batch(
         batch.update(audio=wave * sample_mask, audio_lengths=lengths, audio_present=batch["utt_mask"].clone())
     elif kind == "video_text":
         noise = 0.5 * torch.randn(batch_size, frames, 3, image, image, generator=gen)
-        batch.update(video=_tint(label_t)[:, None, :, None, None] + noise, video_present=torch.ones(batch_size, dtype=torch.bool))
+        tinted = _tint(label_t)[:, None, :, None, None] + noise  # about -2..2: uint8 RGB around grey
+        video = (128 + 50 * tinted).round().clamp(0, 255).to(torch.uint8)
+        batch.update(video=video, video_present=torch.ones(batch_size, dtype=torch.bool))
     else:
         raise ValueError(f"unknown model kind {kind!r}")
     return batch

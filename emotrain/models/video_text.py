@@ -31,7 +31,7 @@ class VideoTextModel(nn.Module):
         assert cfg.video is not None  # ModelConfig.validate guarantees it
         self.use_context = cfg.use_context
         self.text_encoder = BertCLS(cfg.text, load_weights)
-        self.video_encoder = TimesformerFrames(cfg.video, load_weights)
+        self.video_encoder = TimesformerFrames(cfg.video, cfg.pixel_mean, cfg.pixel_std, load_weights)
         self.video_missing = missing_vector(self.video_encoder.dim)
         self.role_embedding = nn.Embedding(3, cfg.role_dim, padding_idx=0)
         args = (cfg.hidden, cfg.lstm_layers, cfg.attention_heads, cfg.dropout)
