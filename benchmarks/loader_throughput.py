@@ -238,7 +238,11 @@ def compare(label: str, modalities: Modalities, cfg: DataConfig, split: str, cor
     clips = loader_clips(shard_urls(cfg.shards, split, read_manifest(cfg.shards, split)), modalities,
                          cfg.text.max_utterances)
     limit, wav_rate, mp4_rate = decode_limit(clips, cfg, max(1, cfg.num_workers), min_seconds)
+    start = time.perf_counter()
+    next(iter(build_loader(cfg, split, modalities, batch_size, train=False)[0]))
+    later_first = time.perf_counter() - start
     print(pass_line("(a) shards through build_loader", shards))
+    print(f"{'':<44} a later loader in the same process: first batch after {later_first:.1f} s (warm fork server)")
     print(pass_line("(b) naive per-file from the raw folder", naive))
     per_turn = f"{len(clips.wavs) / clips.turns:.2f} wav + {len(clips.mp4s) / clips.turns:.2f} mp4 per turn"
     print(f"{'(c) decode limit (decord + soundfile)':<44} {limit:8.1f} turns/s  ({per_turn}; "

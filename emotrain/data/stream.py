@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -54,6 +55,9 @@ from emotrain.preemption import ignore_stop_notices
 log = logging.getLogger(__name__)
 
 SKIP_KINDS = ("shard_errors", "bad_conversations", "bad_clips")
+FORKSERVER = multiprocessing.get_context("forkserver")
+# What loader workers import, loaded once by the fork server (a name that fails to import is skipped).
+WORKER_PRELOAD = [__name__, "decord", "transformers", "tokenizers"]
 
 
 @dataclass
@@ -293,8 +297,11 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
                  rank: int = 0, world_size: int = 1, start_epoch: int = 0) -> tuple[torch.utils.data.DataLoader, dict]:
     """A DataLoader of turn batches for this rank, and the split's manifest.
 
-    Audio loaders use the forkserver start method: torchaudio's thread pools can deadlock
-    in forked workers. Batches are formed inside the workers, so ``batch_size=None`` here.
+    Workers start from a fork server: torchaudio's thread pools can deadlock in workers forked
+    from a training process. The fork server imports this module and the decoders once; the
+    workers of every later loader (each validation pass, each split) are forked from it warm
+    instead of importing torch, transformers and decord again (seconds per loader). Batches are
+    formed inside the workers, so ``batch_size=None`` here.
     """
     if batch_size < 1:
         raise UserError("batch size must be at least 1")
@@ -303,6 +310,7 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
     dataset = TurnBatches(urls, cfg, modalities, manifest["vocab"], batch_size, train, rank, world_size, start_epoch)
     kwargs: dict[str, Any] = {"batch_size": None, "num_workers": cfg.num_workers}
     if cfg.num_workers > 0:
-        kwargs.update(multiprocessing_context="forkserver", prefetch_factor=4, persistent_workers=False,
+        FORKSERVER.set_forkserver_preload(WORKER_PRELOAD)  # a no-op once the server runs
+        kwargs.update(multiprocessing_context=FORKSERVER, prefetch_factor=4, persistent_workers=False,
                       worker_init_fn=ignore_stop_notices)
     return torch.utils.data.DataLoader(dataset, **kwargs), manifest
