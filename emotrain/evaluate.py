@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -29,6 +29,9 @@ from emotrain.gather import Scored, check_complete, gather_to_rank0
 from emotrain.metrics import compute_metrics
 from emotrain.predictions import save_classes, save_predictions
 from emotrain.report import write_report
+
+if TYPE_CHECKING:
+    from emotrain.dist import DistEnv
 
 SPLITS = ("val", "test")
 _NOT_INPUTS = ("keys", "labels", "skipped")
@@ -82,9 +85,10 @@ def summary_line(split: str, metrics: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, help="a training run directory (holds config.yaml and checkpoints/)")
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir",
+                        help="training run directories (each holds config.yaml and checkpoints/); several: one launch")
     parser.add_argument("--split", dest="splits", nargs="+", choices=SPLITS, default=["val"],
-                        help="which splits of the run's shards to score (several: one launch, the model loaded once)")
+                        help="which splits of the runs' shards to score (several: one launch, each model loaded once)")
     parser.add_argument("--checkpoint", help="checkpoint tag under RUN/checkpoints (default: the latest complete one)")
     parser.add_argument("--batch-size", type=int, help="turns per batch (default: the run's eval batch size)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -92,27 +96,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from emotrain import dist
-    from emotrain.run_loading import load_trained_model
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     env = dist.read_env()
     device = dist.init_distributed(env) if env.world_size > 1 else dist.device_for(env)
     try:
-        loaded = load_trained_model(args.run_dir, args.checkpoint, device)
-        extra = {"run": str(args.run_dir), "checkpoint": loaded.tag, "model": loaded.config.model.kind,
-                 "text_inputs": {"utterances": True, "context_fields": list(loaded.config.data.text.context_fields)}}
-        for split in dict.fromkeys(args.splits):
-            scored = evaluate_model(
-                loaded.model, loaded.config.data, loaded.modalities, split,
-                args.batch_size or loaded.eval_batch_size, device, loaded.bf16, env.rank, env.world_size,
-                len(loaded.classes), progress=not args.no_progress,
-            )
-            if scored is not None:
-                metrics = write_evaluation(args.run_dir, split, scored, loaded.classes, extra, loaded.step)
-                print(summary_line(split, metrics))
-                print(f"predictions: {args.run_dir / 'predictions' / (split + '.npz')}  "
-                      f"report: {args.run_dir / 'eval' / split}")
+        for run_dir in dict.fromkeys(args.run_dirs):
+            evaluate_run(run_dir, args, env, device)
     finally:
         dist.shutdown()
     return 0
+
+
+def evaluate_run(run_dir: Path, args: argparse.Namespace, env: DistEnv, device: torch.device) -> None:
+    """Score the requested splits with one run's model (collective: every rank calls it)."""
+    from emotrain.run_loading import load_trained_model
+
+    loaded = load_trained_model(run_dir, args.checkpoint, device)
+    extra = {"run": str(run_dir), "checkpoint": loaded.tag, "model": loaded.config.model.kind,
+             "text_inputs": {"utterances": True, "context_fields": list(loaded.config.data.text.context_fields)}}
+    for split in dict.fromkeys(args.splits):
+        scored = evaluate_model(
+            loaded.model, loaded.config.data, loaded.modalities, split,
+            args.batch_size or loaded.eval_batch_size, device, loaded.bf16, env.rank, env.world_size,
+            len(loaded.classes), progress=not args.no_progress,
+        )
+        if scored is not None:
+            metrics = write_evaluation(run_dir, split, scored, loaded.classes, extra, loaded.step)
+            print(f"{loaded.config.model.kind} {summary_line(split, metrics)}")
+            print(f"predictions: {run_dir / 'predictions' / (split + '.npz')}  report: {run_dir / 'eval' / split}")

@@ -36,3 +36,15 @@ def test_unknown_key_is_named(tmp_path):
     bad.write_text("model: configs/model/nope.yaml\ntrain: {total_samples: 10}\n")
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_run_config(bad)
+
+
+def test_demo_config_loads_and_names_only_its_models():
+    from emotrain.config import load_config
+    from emotrain.demo import DEFAULT_CONFIG, DemoConfig
+
+    cfg = load_config(DemoConfig, DEFAULT_CONFIG, ['model_overrides={"audio_text": ["train.lr=1e-3"]}'])
+    assert cfg.model_overrides == {"audio_text": ["train.lr=1e-3"]}
+    for model, path in cfg.train_configs.items():
+        assert load_run_config(REPO / path).model.kind == model
+    with pytest.raises(ConfigError, match="model_overrides"):
+        load_config(DemoConfig, DEFAULT_CONFIG, ["model_overrides={audio: [train.lr=1e-3]}"])
