@@ -18,10 +18,12 @@ pytestmark = pytest.mark.slow
 NUM_CLASSES = 7
 MODELS = ("audio_text", "video_text")
 # The reduced demo: a smaller corpus with a stronger audio and video signal (0.8 of the turns
-# informative instead of 0.65), model A on the current and previous utterance's 0.5 s clips,
-# fewer steps (global batches of 16 turns), one validation and checkpoint at the end.
+# informative instead of 0.65); fewer steps (global batches of 16 turns) at twice the learning
+# rate, one validation and checkpoint at the end; model A on the current and previous
+# utterance's 0.5 s clips.
 REDUCED = ["corpus.conversations=400", "pack.max_per_shard=10",
-           "corpus.spec.audio_informative=0.8", "corpus.spec.video_informative=0.8"]
+           "corpus.spec.audio_informative=0.8", "corpus.spec.video_informative=0.8",
+           'train_overrides=["train.lr=1e-3", "train.encoder_lr=1e-3"]']
 STEPS = {"audio_text": 200, "video_text": 80}
 MODEL_EXTRA = {"audio_text": ["data.text.max_utterances=2", "data.audio.max_seconds=0.5"], "video_text": []}
 
@@ -44,6 +46,18 @@ def demo(request, tmp_path_factory) -> tuple[Path, str]:
     proc = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc.stdout
+
+
+def test_both_models_trained_to_the_end_on_two_ranks_with_zero2_in_bf16(demo):
+    work, _ = demo
+    for model, steps in STEPS.items():
+        run_dir = work / "runs" / model
+        status = json.loads((run_dir / "status.json").read_text())
+        assert (status["status"], status["step"], status["total_steps"]) == ("completed", steps, steps)
+        assert (status["world_size"], status["launcher"]) == (2, "torchrun")
+        ds = json.loads((run_dir / "deepspeed.json").read_text())
+        assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"]
+        assert (run_dir / "checkpoints" / f"step{steps:08d}").is_dir()
 
 
 def test_each_model_learns_and_the_chosen_fusion_beats_both(demo):
