@@ -2,17 +2,22 @@
 
 The reduced demo is the real one (`configs/demo/`) with a smaller corpus and fewer steps
 (``REDUCED``), run the way a user runs it: the CLI, 2 CPU ranks, ZeRO-2, bf16. Each seed
-changes the synthetic corpus, its split and the training seed.
+changes the synthetic corpus, its split and the training seed. Its runs also carry the
+acceptance checks of a real 2-rank torchrun training run of each model (completed, ZeRO-2 in
+bf16, loss down, checkpoint kept), of 2-rank evaluation (every turn once) and of the export.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from test_engine_runs import BIN, REPO, child_env
+from test_engine_runs import BIN, REPO, child_env, scalars
+
+from emotrain.predictions import load_predictions
 
 pytestmark = pytest.mark.slow
 NUM_CLASSES = 7
@@ -21,10 +26,10 @@ MODELS = ("audio_text", "video_text")
 # informative instead of 0.65); fewer steps (global batches of 16 turns) at twice the learning
 # rate, one validation and checkpoint at the end; model A on the current and previous
 # utterance's 0.5 s clips.
-REDUCED = ["corpus.conversations=400", "pack.max_per_shard=10",
+REDUCED = ["corpus.conversations=320", "pack.max_per_shard=8",
            "corpus.spec.audio_informative=0.8", "corpus.spec.video_informative=0.8",
            'train_overrides=["train.lr=1e-3", "train.encoder_lr=1e-3"]']
-STEPS = {"audio_text": 200, "video_text": 80}
+STEPS = {"audio_text": 180, "video_text": 60}
 MODEL_EXTRA = {"audio_text": ["data.text.max_utterances=2", "data.audio.max_seconds=0.5"], "video_text": []}
 
 
@@ -58,6 +63,41 @@ def test_both_models_trained_to_the_end_on_two_ranks_with_zero2_in_bf16(demo):
         ds = json.loads((run_dir / "deepspeed.json").read_text())
         assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"]
         assert (run_dir / "checkpoints" / f"step{steps:08d}").is_dir()
+        losses = [value for _, value in scalars(run_dir)["train/loss"]]
+        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, (model, losses)
+
+
+def test_both_models_scored_every_val_and_test_turn_once(demo):
+    work, _ = demo
+    for split in ("val", "test"):
+        manifest = json.loads((work / "shards" / "demo" / split / "manifest.json").read_text())
+        keys = [load_predictions(work / "runs" / model / "predictions" / f"{split}.npz").keys for model in MODELS]
+        assert len(keys[0]) == len(set(keys[0])) == manifest["labelled_turns"] > 0
+        assert sorted(keys[0]) == sorted(keys[1])
+
+
+def test_export_of_model_a_loads_without_deepspeed(demo, tmp_path):
+    work, _ = demo
+    out = tmp_path / "export"
+    exported = subprocess.run([str(BIN / "emotrain"), "export", str(work / "runs" / "audio_text"), "--out", str(out)],
+                              env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    check = f"""
+import json, sys
+from safetensors.torch import load_file
+from emotrain.data.schema import meta_vocab_sizes
+from emotrain.models import build_model
+from emotrain.run_config import load_run_config
+cfg = load_run_config({str(out / 'config.yaml')!r})
+manifest = json.load(open({str(work / 'shards' / 'demo' / 'train' / 'manifest.json')!r}))
+model = build_model(cfg.model, 7, meta_vocab_sizes(manifest['vocab']), load_weights=False)
+model.load_state_dict(load_file({str(out / 'model.safetensors')!r}), strict=True)
+assert "deepspeed" not in sys.modules
+print("ok", len(model.state_dict()))
+"""
+    loaded = subprocess.run([sys.executable, "-c", check], env=child_env(), cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert loaded.returncode == 0 and loaded.stdout.startswith("ok"), loaded.stderr[-3000:]
 
 
 def test_each_model_learns_and_the_chosen_fusion_beats_both(demo):

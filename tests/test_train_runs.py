@@ -1,16 +1,14 @@
 """The real models through the real entry point: 2 CPU ranks, ZeRO-2, bf16, on synthetic shards.
 
-Launchers: torchrun (model A; model B trains under torchrun in tests/test_demo.py), `accelerate
-launch` and the deepspeed launcher (model B, the faster of the two on this CPU: what they test is
-the launch path);
-then `emotrain evaluate` on 2 ranks and `emotrain export` read the run back.
+Launchers: `accelerate launch` and the deepspeed launcher (model B, the faster of the two on this
+CPU: what they test is the launch path). Both models train under torchrun, are evaluated on 2
+ranks and exported in tests/test_demo.py.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 from test_engine_runs import BIN, REPO, TIMEOUT, child_env, scalars
@@ -18,14 +16,12 @@ from test_engine_runs import BIN, REPO, TIMEOUT, child_env, scalars
 from corpus import make_shards
 from emotrain.data.splits import SplitRecipe
 from emotrain.dist import free_port
-from emotrain.predictions import load_predictions
 
 pytestmark = pytest.mark.slow
 STEPS = 30
 OVERRIDES = [f"train.total_samples={16 * STEPS}", "train.lr=2e-3", "train.encoder_lr=2e-3", "train.warmup_samples=0",
              "train.checkpoint_every_steps=10", "train.eval_every_steps=15", "train.log_every_steps=5",
-             "data.num_workers=1", "eval_batch_size=8",
-             "data.audio.max_seconds=1.5"]  # the test corpus's clips are 0.5-1.5 s: no padding to 3 s
+             "data.num_workers=1", "eval_batch_size=8"]
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +55,6 @@ def assert_trained(run_dir) -> None:
     assert json.loads((run_dir / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 2
 
 
-@pytest.fixture(scope="module")
-def run_a(shards, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run_a")
-    run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
-         *train_args("audio_text", shards, run_dir)])
-    return run_dir
-
-
-def test_torchrun_trains_model_a(run_a):
-    assert_trained(run_a)
-    tags = scalars(run_a)
-    assert {"val/accuracy", "val/macro_f1", "train/samples_per_s", "train/lr"} <= set(tags)
-
-
 @pytest.mark.parametrize("launcher", ["accelerate", "deepspeed"])
 def test_other_launchers_train_model_b(launcher, shards, tmp_path):
     port = str(free_port())
@@ -83,31 +65,3 @@ def test_other_launchers_train_model_b(launcher, shards, tmp_path):
         cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", port]
     run(cmd + train_args("video_text", shards, tmp_path))
     assert_trained(tmp_path)
-
-
-def test_evaluate_on_two_ranks_and_export(run_a, shards, tmp_path):
-    run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
-         "-m", "emotrain.cli", "evaluate", str(run_a), "--split", "val", "test", "--no-progress"])
-    for split in ("val", "test"):
-        manifest = json.loads((shards / split / "manifest.json").read_text())
-        preds = load_predictions(run_a / "predictions" / f"{split}.npz")
-        assert len(preds.keys) == manifest["labelled_turns"] > 0
-    report = json.loads((run_a / "eval" / "test" / "report.json").read_text())
-    assert report["checkpoint"] == "step00000030" and report["text_inputs"]["context_fields"] == ["context"]
-    out = tmp_path / "export"
-    run([sys.executable, "-m", "emotrain.cli", "export", str(run_a), "--out", str(out)])
-    check = f"""
-import torch
-from safetensors.torch import load_file
-from emotrain.run_config import load_run_config
-from emotrain.models import build_model
-from emotrain.data.schema import meta_vocab_sizes
-import json
-cfg = load_run_config({str(out / 'config.yaml')!r})
-manifest = json.load(open({str(shards / 'train' / 'manifest.json')!r}))
-model = build_model(cfg.model, 7, meta_vocab_sizes(manifest['vocab']), load_weights=False)
-missing, unexpected = model.load_state_dict(load_file({str(out / 'model.safetensors')!r}), strict=True)
-print('ok', len(model.state_dict()))
-"""
-    proc = run([sys.executable, "-c", check])
-    assert proc.stdout.startswith("ok")
