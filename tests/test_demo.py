@@ -26,7 +26,7 @@ MODELS = ("audio_text", "video_text")
 # informative instead of 0.65); fewer steps (global batches of 16 turns) at twice the learning
 # rate, one validation and checkpoint at the end; model A on the current and previous
 # utterance's 0.5 s clips.
-REDUCED = ["corpus.conversations=320", "pack.max_per_shard=8",
+REDUCED = ["corpus.conversations=260", "pack.max_per_shard=8",
            "corpus.spec.audio_informative=0.8", "corpus.spec.video_informative=0.8",
            'train_overrides=["train.lr=1e-3", "train.encoder_lr=1e-3"]']
 STEPS = {"audio_text": 180, "video_text": 60}
