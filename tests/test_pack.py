@@ -41,6 +41,8 @@ def test_pack_counts_match_what_is_read(corpus, tmp_path):
         for shard in m["shards"]:
             names = subprocess.run(["tar", "-tf", str(out / split / shard["name"])], capture_output=True, text=True, check=True).stdout.split()
             assert len({n.split(".")[0] for n in names}) == shard["conversations"]
+            with tarfile.open(out / split / shard["name"]) as tar:  # plain ustar members: no pax blocks to parse
+                assert all(member.mtime == 0 and not member.pax_headers for member in tar.getmembers())
         for s in samples:
             record = json.loads(s["json"])
             text = s["json"].decode()

@@ -164,8 +164,9 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     skipped: list[Skipped] = []
     clips = 0
     # A fixed member mtime makes a shard a pure function of its content, so re-packing the same
-    # corpus gives the same bytes (and sha256) whether a shard was kept or redone.
-    with wds.TarWriter(str(tmp), mtime=0.0) as sink:
+    # corpus gives the same bytes (and sha256) whether a shard was kept or redone. An int: a
+    # float mtime costs every member an extra pax header block for readers to parse.
+    with wds.TarWriter(str(tmp), mtime=0) as sink:
         for conv, labels in zip(task.conversations, task.labels):
             sample, clip_skips, n = encode_conversation(conv, labels, task.media, task.max_clip_bytes)
             sink.write(sample)
