@@ -83,6 +83,23 @@ def test_text_config_validation():
     assert cfg().context_fields == ["context"] and cfg().max_utterances == 8
 
 
+def test_a_memo_tokenises_each_text_once_per_conversation(tokenizer):
+    calls: list[list[str]] = []
+
+    def counting(texts, **kwargs):
+        calls.append(list(texts))
+        return tokenizer(texts, **kwargs)
+
+    memo: dict = {}
+    first = tokenize_turn(counting, ["i feel sad", "fun"], "the party", cfg(), memo)
+    second = tokenize_turn(counting, ["i feel sad", "fun", "my dog ran away"], "the party", cfg(), memo)
+    assert calls == [["i feel sad", "fun"], ["the party"], ["my dog ran away"]] or calls == [
+        ["the party"], ["i feel sad", "fun"], ["my dog ran away"]]
+    plain = tokenize_turn(tokenizer, ["i feel sad", "fun", "my dog ran away"], "the party", cfg())
+    assert [ids.tolist() for ids in second["utt_input_ids"]] == [ids.tolist() for ids in plain["utt_input_ids"]]
+    assert second["ctx_input_ids"].tolist() == plain["ctx_input_ids"].tolist() == first["ctx_input_ids"].tolist()
+
+
 def test_too_many_or_no_utterances_are_refused(tokenizer):
     with pytest.raises(ValueError, match="max_utterances"):
         tokenize_turn(tokenizer, ["i"] * 3, "", cfg(max_utterances=2))

@@ -183,6 +183,7 @@ class TurnExpander:
             pairs = pairs[-1:]
         audio_cache: dict[int, Any] = {}
         video_cache: dict[int, Any] = {}
+        token_memo: dict[tuple[str, int], np.ndarray] = {}
         out: list[dict[str, Any]] = []
         for turn, label in pairs:
             if label == UNLABELLED:
@@ -193,7 +194,8 @@ class TurnExpander:
             item = {
                 "key": f"{key}_{turn['turn_id']}",
                 "label": int(label),
-                "tokens": tokenize_turn(self.tokenizer, [u["text"] for u in window], context, self.cfg.text),
+                "tokens": tokenize_turn(self.tokenizer, [u["text"] for u in window], context, self.cfg.text,
+                                        token_memo),
                 "roles": [ROLE_IDS.get(u["role"], 0) for u in window],
                 "meta_ids": self.meta.encode(record, turn),
             }

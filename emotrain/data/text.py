@@ -1,6 +1,7 @@
 """Text and metadata of a turn as ids: tokenised utterances and context, metadata vocab ids.
 
-Tokenising happens per turn in the loader workers; padding happens per batch in the collate
+Tokenising happens in the loader workers, each text once per conversation (a turn's window
+repeats most of the previous turn's utterances); padding happens per batch in the collate
 (:func:`pad_token_batch`), to the longest sequence in the batch rather than to the configured
 maxima, so short dialogues do not pay for 128-token rows.
 """
@@ -73,22 +74,32 @@ def context_text(record: dict[str, Any], turn: dict[str, Any], fields: list[str]
     return " ".join(str(p).strip() for p in parts if p and str(p).strip())
 
 
-def tokenize_turn(tokenizer: Any, utterance_texts: list[str], context: str, cfg: TextConfig) -> dict[str, Any]:
+def tokenize_turn(
+    tokenizer: Any, utterance_texts: list[str], context: str, cfg: TextConfig,
+    memo: dict[tuple[str, int], np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Token ids of a turn's utterances (oldest first) and its context, unpadded.
 
     Returns ``utt_input_ids`` (a list of int64 arrays, one per utterance, each at most
     ``max_utterance_tokens`` long including [CLS]/[SEP]) and ``ctx_input_ids`` (one int64 array,
-    at most ``max_context_tokens``; an empty context gives just [CLS][SEP]).
+    at most ``max_context_tokens``; an empty context gives just [CLS][SEP]). ``memo`` (one per
+    conversation) holds ids already computed, keyed by text and length cap: the loader passes
+    it so that turn k does not re-tokenise the utterances turn k-1 already did.
     """
     if not utterance_texts:
         raise ValueError("a turn needs at least one utterance")
     if len(utterance_texts) > cfg.max_utterances:
         raise ValueError(f"{len(utterance_texts)} utterances given, max_utterances is {cfg.max_utterances}")
-    utts = tokenizer(list(utterance_texts), truncation=True, max_length=cfg.max_utterance_tokens)["input_ids"]
-    ctx = tokenizer(context, truncation=True, max_length=cfg.max_context_tokens)["input_ids"]
+    memo = {} if memo is None else memo
+    wanted = [(text, cfg.max_utterance_tokens) for text in utterance_texts] + [(context, cfg.max_context_tokens)]
+    for cap in {cap for _, cap in wanted}:
+        todo = list(dict.fromkeys(text for text, c in wanted if c == cap and (text, c) not in memo))
+        if todo:
+            for text, ids in zip(todo, tokenizer(todo, truncation=True, max_length=cap)["input_ids"]):
+                memo[text, cap] = np.asarray(ids, dtype=np.int64)
     return {
-        "utt_input_ids": [np.asarray(ids, dtype=np.int64) for ids in utts],
-        "ctx_input_ids": np.asarray(ctx, dtype=np.int64),
+        "utt_input_ids": [memo[key] for key in wanted[:-1]],
+        "ctx_input_ids": memo[wanted[-1]],
     }
 
 
