@@ -44,10 +44,12 @@ def labelled_keys(shards_dir) -> set[str]:
 
 
 def test_batch_contract_audio_model_reads_no_video(five_shards):
-    loader, manifest = build_loader(data_config(five_shards), "train", Modalities(audio=True, video=False), 4, train=False)
+    # One worker: batches cross a process boundary (numpy small fields, shared-memory audio).
+    loader, manifest = build_loader(data_config(five_shards, num_workers=1), "train", Modalities(audio=True, video=False), 4, train=False)
     batches = list(loader)
     assert sum(len(b["keys"]) for b in batches) == manifest["labelled_turns"]
     b = batches[0]
+    assert all(isinstance(v, torch.Tensor) for k, v in b.items() if k not in ("keys", "skipped"))
     B, U = b["utt_roles"].shape
     assert b["utt_input_ids"].shape[:2] == (B, U) and b["ctx_input_ids"].shape[0] == B
     assert b["audio_lengths"].shape == (B, U) and b["audio"].shape == (B, U, int(b["audio_lengths"].max()))
@@ -168,7 +170,7 @@ def test_loader_workers_survive_the_preemption_notices(five_shards):
 
     loader, manifest = build_loader(data_config(five_shards, num_workers=1), "train", Modalities(False, False), 2,
                                     train=False)
-    batches = iter(loader)
+    batches = iter(loader.loader)  # the DataLoader's own iterator knows its workers
     keys = list(next(batches)["keys"])
     for worker in batches._workers:
         os.kill(worker.pid, signal.SIGUSR1)

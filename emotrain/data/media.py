@@ -359,7 +359,7 @@ def frame_indices(num_available: int, num_frames: int, jitter: bool, rng: np.ran
 
 
 def decode_video(data: bytes, cfg: VideoConfig, train: bool, rng: np.random.Generator) -> torch.Tensor:
-    """uint8 RGB frames [num_frames, 3, image_size, image_size] of an mp4 in bytes.
+    """uint8 RGB frames [num_frames, 3, image_size, image_size] of an mp4 in bytes (a strided view).
 
     Only the chosen frames are decoded, and decord scales them to ``image_size`` square while
     decoding (much cheaper than decoding at full size and resizing after). Aspect ratio is not
@@ -382,7 +382,10 @@ def decode_video(data: bytes, cfg: VideoConfig, train: bool, rng: np.random.Gene
         frames = reader.get_batch(unique.tolist()).asnumpy()
     except (decord.DECORDError, RuntimeError, IndexError) as err:
         raise MediaError(f"undecodable video: {_first_line(err)}") from None
-    return torch.from_numpy(frames[order]).permute(0, 3, 1, 2).contiguous()
+    if len(unique) < len(wanted):  # a short clip repeats frames
+        frames = frames[order]
+    # A channels-first view, not a copy: the collate's stack into shared memory does the one copy.
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
 
 
 def probe_mp4(data: bytes) -> tuple[bool, str]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing
 import random
 from collections import Counter
@@ -213,28 +214,32 @@ class TurnExpander:
 
 
 def collate_turns(samples: list[dict[str, Any]], cfg: DataConfig, modalities: Modalities, pad_id: int) -> dict[str, Any]:
-    """Stack turn samples into the batch contract described at the top of this module."""
+    """Stack turn samples into the batch contract described at the top of this module.
+
+    The small fields come out as numpy arrays and the media as tensors (in shared memory inside
+    a loader worker): see :class:`TurnLoader` for why, and for where the arrays become tensors.
+    """
     batch_size = len(samples)
     num_utts = [len(s["roles"]) for s in samples]
     max_u = max(num_utts)
     batch: dict[str, Any] = {
         "keys": [s["key"] for s in samples],
-        "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
-        "num_utts": torch.tensor(num_utts, dtype=torch.long),
-        "meta_ids": torch.tensor(np.stack([s["meta_ids"] for s in samples]), dtype=torch.long),
+        "labels": np.array([s["label"] for s in samples], dtype=np.int64),
+        "num_utts": np.array(num_utts, dtype=np.int64),
+        "meta_ids": np.stack([s["meta_ids"] for s in samples]).astype(np.int64, copy=False),
     }
     batch.update(pad_token_batch([s["tokens"] for s in samples], max_u, pad_id=pad_id))
-    roles = torch.zeros(batch_size, max_u, dtype=torch.long)
+    roles = np.zeros((batch_size, max_u), dtype=np.int64)
     for i, s in enumerate(samples):
-        roles[i, : num_utts[i]] = torch.tensor(s["roles"], dtype=torch.long)
+        roles[i, : num_utts[i]] = s["roles"]
     batch["utt_roles"] = roles
     batch["utt_mask"] = roles > 0
     if modalities.audio:
         clips = [(i, j, clip) for i, s in enumerate(samples) for j, clip in enumerate(s["audio"]) if clip is not None]
-        lengths = torch.zeros(batch_size, max_u, dtype=torch.long)
+        lengths = np.zeros((batch_size, max_u), dtype=np.int64)
         for i, j, clip in clips:
             lengths[i, j] = len(clip)
-        audio = torch.zeros(batch_size, max_u, max(1, int(lengths.max())))
+        audio = media_zeros((batch_size, max_u, max(1, int(lengths.max()))), torch.float32)
         for i, j, clip in clips:
             audio[i, j, : len(clip)] = torch.from_numpy(clip)
         # A clip that decoded to no samples counts as missing (the model's learned "missing" vector).
@@ -243,9 +248,23 @@ def collate_turns(samples: list[dict[str, Any]], cfg: DataConfig, modalities: Mo
         blank = torch.zeros(cfg.video.num_frames, 3, cfg.video.image_size, cfg.video.image_size, dtype=torch.uint8)
         # default_collate stacks straight into shared memory inside a loader worker (no extra copy).
         video = default_collate([blank if s["video"] is None else s["video"] for s in samples])
-        present = torch.tensor([s["video"] is not None for s in samples], dtype=torch.bool)
+        present = np.array([s["video"] is not None for s in samples], dtype=bool)
         batch.update(video=video, video_present=present)
     return batch
+
+
+def media_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed batch tensor, allocated in shared memory when built in a loader worker.
+
+    A worker's tensors reach the main process through shared memory; one allocated elsewhere is
+    copied there when the batch is sent (what ``default_collate`` avoids the same way). A new
+    shared-memory segment already reads as zeros (it is a new file grown by ``ftruncate``), so
+    it is not zeroed again: the pages that stay padding are never touched in the worker.
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return torch.zeros(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 class TurnBatches(torch.utils.data.IterableDataset):
@@ -295,9 +314,32 @@ class TurnBatches(torch.utils.data.IterableDataset):
         return batch
 
 
+class TurnLoader:
+    """Turn batches of one rank, as tensors: iterate it like a DataLoader.
+
+    Workers send a batch's small fields (ids, masks, labels) as numpy arrays, pickled inline
+    with the batch, and only its media as tensors: every tensor a worker sends crosses over
+    as a shared-memory segment and a file descriptor of its own, which for a dozen small
+    tensors per batch cost more than the pickling (about 9 ms of a worker's time per batch of
+    8). The arrays become tensors here, in the consuming process, without a copy.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+
+
+def _as_sent(batch: dict[str, Any]) -> dict[str, Any]:
+    """The workers' collate_fn: batches are formed in the dataset; keep their arrays as they are."""
+    return batch
+
+
 def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size: int, train: bool,
-                 rank: int = 0, world_size: int = 1, start_epoch: int = 0) -> tuple[torch.utils.data.DataLoader, dict]:
-    """A DataLoader of turn batches for this rank, and the split's manifest.
+                 rank: int = 0, world_size: int = 1, start_epoch: int = 0) -> tuple[TurnLoader, dict]:
+    """The turn batches for this rank, and the split's manifest.
 
     Workers start from a fork server: torchaudio's thread pools can deadlock in workers forked
     from a training process. The fork server imports this module and the decoders once; the
@@ -310,9 +352,9 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
     manifest = read_manifest(cfg.shards, split)
     urls = shard_urls(cfg.shards, split, manifest)
     dataset = TurnBatches(urls, cfg, modalities, manifest["vocab"], batch_size, train, rank, world_size, start_epoch)
-    kwargs: dict[str, Any] = {"batch_size": None, "num_workers": cfg.num_workers}
+    kwargs: dict[str, Any] = {"batch_size": None, "num_workers": cfg.num_workers, "collate_fn": _as_sent}
     if cfg.num_workers > 0:
         FORKSERVER.set_forkserver_preload(WORKER_PRELOAD)  # a no-op once the server runs
         kwargs.update(multiprocessing_context=FORKSERVER, prefetch_factor=4, persistent_workers=False,
                       worker_init_fn=ignore_stop_notices)
-    return torch.utils.data.DataLoader(dataset, **kwargs), manifest
+    return TurnLoader(torch.utils.data.DataLoader(dataset, **kwargs)), manifest

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from emotrain.data.schema import META_FIELDS, UNKNOWN_ID, VOCAB_FIELDS
 from emotrain.errors import UserError
@@ -105,8 +104,8 @@ def tokenize_turn(
 
 def pad_token_batch(
     tokens: list[dict[str, Any]], num_utterances: int | None = None, pad_id: int = 0
-) -> dict[str, torch.Tensor]:
-    """Pad :func:`tokenize_turn` outputs into batch tensors, to the longest in the batch.
+) -> dict[str, np.ndarray]:
+    """Pad :func:`tokenize_turn` outputs into int64 batch arrays, to the longest in the batch.
 
     ``utt_input_ids``/``utt_attention_mask`` [B, U, Lu] (utterance slots past a turn's own
     count are all padding, mask 0) and ``ctx_input_ids``/``ctx_attention_mask`` [B, Lc].
@@ -130,12 +129,7 @@ def pad_token_batch(
         ctx = t["ctx_input_ids"]
         ctx_ids[i, : len(ctx)] = ctx
         ctx_mask[i, : len(ctx)] = 1
-    return {
-        "utt_input_ids": torch.from_numpy(utt_ids),
-        "utt_attention_mask": torch.from_numpy(utt_mask),
-        "ctx_input_ids": torch.from_numpy(ctx_ids),
-        "ctx_attention_mask": torch.from_numpy(ctx_mask),
-    }
+    return {"utt_input_ids": utt_ids, "utt_attention_mask": utt_mask, "ctx_input_ids": ctx_ids, "ctx_attention_mask": ctx_mask}
 
 
 # Where each META_FIELDS column reads its value: (part of the sample, key).
