@@ -203,11 +203,21 @@ def test_audio_config_is_validated():
 # --- video ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [224, 32])
-def test_decode_video_shapes(clip16, size):
-    cfg = VideoConfig(num_frames=8, image_size=size)
-    video = decode_video(clip16[0], cfg, train=False, rng=rng())
-    assert video.shape == (8, 3, size, size) and video.dtype == torch.uint8
+@pytest.mark.parametrize(("height", "width", "size", "expected"), [
+    (32, 32, 224, (32, 32)),  # smaller clips keep their size: the model scales them up
+    (32, 64, 224, (32, 64)),
+    (32, 48, 224, (224, 224)),  # decord cannot give 48 px wide frames as they are; scaled, it can
+    (32, 32, 32, (32, 32)),
+    (64, 64, 32, (32, 32)),  # larger clips are scaled down to image_size square
+    (32, 64, 48, (48, 48)),
+])
+def test_decode_video_never_upsamples_and_scales_larger_clips_down_to_a_square(height, width, size, expected):
+    frames = np.zeros((6, height, width, 3), dtype=np.uint8)
+    frames[:, : height // 2] = 200  # top half bright
+    video = decode_video(mp4_bytes(frames), VideoConfig(num_frames=4, image_size=size), train=False, rng=rng())
+    assert video.shape == (4, 3, *expected) and video.dtype == torch.uint8
+    rows = video[0, 0].float().mean(dim=1)
+    assert rows[: expected[0] // 2 - 2].min() > 150 and rows[expected[0] // 2 + 2 :].max() < 50
 
 
 def test_known_colour_decodes_to_its_rgb_value():

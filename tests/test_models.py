@@ -221,10 +221,21 @@ def test_frozen_parameters_get_no_gradient(kind):
     assert sum(g is not None for g in trainable_grads) > len(trainable_grads) // 2
 
 
-def test_video_shape_mismatch_is_a_clear_error():
+def test_video_frame_count_mismatch_is_a_clear_error():
     model = build_model(tiny_config("video_text"), NUM_CLASSES, META_SIZES)
-    with pytest.raises(UserError, match="expects 4 frames of 32x32"):
+    with pytest.raises(UserError, match="expects 4"):
         model(make_batch("video_text", [0, 1], frames=3))
+
+
+def test_video_encoder_scales_smaller_frames_up_to_its_input_size():
+    """The loader sends small clips at their own size: a flat colour must embed the same at any size."""
+    encoder = build_model(tiny_config("video_text"), NUM_CLASSES, META_SIZES).video_encoder.eval()
+    colour = torch.tensor([200, 100, 50], dtype=torch.uint8).view(1, 1, 3, 1, 1)
+    full = colour.expand(2, 4, 3, 32, 32).contiguous()
+    with torch.no_grad():
+        reference = encoder(full)
+        for height, width in [(16, 16), (8, 24), (48, 40)]:
+            torch.testing.assert_close(encoder(colour.expand(2, 4, 3, height, width).contiguous()), reference)
 
 
 def test_video_encoder_normalises_uint8_frames_with_the_configured_statistics():

@@ -74,6 +74,17 @@ def test_video_model_reads_no_audio_and_gets_uint8_frames(five_shards):
     assert b["video"].dtype == torch.uint8 and b["video_present"].all() and b["video"].float().std() > 1
 
 
+def test_a_batch_of_clips_keeps_their_size_unless_it_mixes_sizes():
+    cfg = VideoConfig(num_frames=2, image_size=32)
+    small = torch.full((2, 3, 16, 16), 7, dtype=torch.uint8)
+    same = stream.stack_clips([small, None, small], cfg)
+    assert same.shape == (3, 2, 3, 16, 16) and same[1].sum() == 0 and (same[0] == 7).all()
+    mixed = stream.stack_clips([small, torch.full((2, 3, 24, 8), 9, dtype=torch.uint8), None], cfg)
+    assert mixed.shape == (3, 2, 3, 32, 32) and (mixed[0] == 7).all() and (mixed[1] == 9).all()
+    assert mixed[2].sum() == 0
+    assert stream.stack_clips([None, None], cfg).shape == (2, 2, 3, 32, 32)
+
+
 def test_each_clip_decoded_once_per_conversation(five_shards, monkeypatch):
     calls = []
     real = stream.decode_audio

@@ -359,33 +359,59 @@ def frame_indices(num_available: int, num_frames: int, jitter: bool, rng: np.ran
 
 
 def decode_video(data: bytes, cfg: VideoConfig, train: bool, rng: np.random.Generator) -> torch.Tensor:
-    """uint8 RGB frames [num_frames, 3, image_size, image_size] of an mp4 in bytes (a strided view).
+    """uint8 RGB frames [num_frames, 3, H, W] of an mp4 in bytes, H and W at most ``image_size``.
 
-    Only the chosen frames are decoded, and decord scales them to ``image_size`` square while
-    decoding (much cheaper than decoding at full size and resizing after). Aspect ratio is not
-    kept: talking-face clips are close to square and the video encoders take square input.
-    Frames stay uint8, a quarter of the bytes of float32 through the loader's worker queues and
-    to the GPU: the model normalises them on its device (``TimesformerFrames``).
+    decord decodes the clip at its own size up to the last chosen frame (every frame from the
+    keyframe before it: the h264 decoding, not the scaling, is what costs). Clips larger than
+    ``image_size`` are scaled down after picking (8 resizes, not one per decoded frame), to a
+    square: aspect ratio is not kept, talking-face clips are close to square and the video
+    encoders take square input. Smaller clips keep their size, and the model scales them up on
+    its device: upsampled frames would carry no more information, only more bytes through the
+    worker queues. Frames stay uint8 for the same reason; the model normalises them
+    (``TimesformerFrames``). The result is a channels-first view of decord's channels-last
+    frames, not a copy: the collate's stack into shared memory makes the one copy.
     """
     import decord
 
     check_mp4(data)
+    pick = cfg.num_frames, train and cfg.jitter, rng
     try:
-        reader = decord.VideoReader(
-            io.BytesIO(data), width=cfg.image_size, height=cfg.image_size, num_threads=cfg.decode_threads
-        )
-        available = len(reader)
-        if available < 1:
-            raise MediaError("video has no frames")
-        wanted = frame_indices(available, cfg.num_frames, train and cfg.jitter, rng)
-        unique, order = np.unique(wanted, return_inverse=True)
-        frames = reader.get_batch(unique.tolist()).asnumpy()
+        try:
+            frames = _pick_frames(data, cfg.decode_threads, None, *pick)
+        except decord.DECORDError:
+            # decord cannot copy out frames of a few widths (48 px for one) at their own size,
+            # though it can scale them: such a clip comes at image_size.
+            frames = _pick_frames(data, cfg.decode_threads, cfg.image_size, *pick)
     except (decord.DECORDError, RuntimeError, IndexError) as err:
         raise MediaError(f"undecodable video: {_first_line(err)}") from None
-    if len(unique) < len(wanted):  # a short clip repeats frames
-        frames = frames[order]
-    # A channels-first view, not a copy: the collate's stack into shared memory does the one copy.
-    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    if max(video.shape[-2:]) > cfg.image_size:
+        video = resize_frames(video, cfg.image_size)
+    return video
+
+
+def _pick_frames(data: bytes, threads: int, size: int | None, num_frames: int, jitter: bool,
+                 rng: np.random.Generator) -> np.ndarray:
+    """uint8 [num_frames, H, W, 3] frames chosen by :func:`frame_indices`, at the clip's size or ``size`` square."""
+    import decord
+
+    scale = {} if size is None else {"width": size, "height": size}
+    reader = decord.VideoReader(io.BytesIO(data), num_threads=threads, **scale)
+    if len(reader) < 1:
+        raise MediaError("video has no frames")
+    wanted = frame_indices(len(reader), num_frames, jitter, rng)
+    unique, order = np.unique(wanted, return_inverse=True)
+    frames = reader.get_batch(unique.tolist()).asnumpy()
+    return frames if len(unique) == len(wanted) else frames[order]  # a short clip repeats frames
+
+
+def resize_frames(video: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 frames [..., 3, H, W] -> [..., 3, size, size], bilinear (antialiased when shrinking)."""
+    lead = video.shape[:-3]
+    flat = video.reshape(-1, *video.shape[-3:])
+    out = torch.nn.functional.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False,
+                                          antialias=max(video.shape[-2:]) > size)
+    return out.reshape(*lead, *out.shape[-3:])
 
 
 def probe_mp4(data: bytes) -> tuple[bool, str]:

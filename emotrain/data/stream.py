@@ -22,8 +22,10 @@ Batch contract (dict; B turns, U utterance slots, L token lengths):
 - audio models only: ``audio`` FloatTensor [B, U, S] (16 kHz, zero-padded; S is the batch's
   longest clip, at most ``max_seconds * 16000``), ``audio_lengths`` LongTensor [B, U] (real
   samples of each clip, 0 where there is none), ``audio_present`` BoolTensor [B, U]
-- video models only: ``video`` ByteTensor [B, T, 3, H, W], uint8 RGB (the current utterance's
-  clip; the model normalises it), ``video_present`` BoolTensor [B]
+- video models only: ``video`` ByteTensor [B, T, 3, H, W], uint8 RGB, the current utterance's
+  clip (the model normalises it); H, W are at most ``image_size``: smaller clips keep their size
+  (the model scales them up on its device) unless the batch mixes sizes;
+  ``video_present`` BoolTensor [B]
 - ``skipped``: dict[str, int], what this batch's worker skipped since its previous batch
   (``shard_errors``, ``bad_conversations``, ``bad_clips``); the training loop sums them.
 """
@@ -46,7 +48,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import default_collate
 
-from emotrain.data.media import AudioConfig, MediaError, VideoConfig, decode_audio, decode_video
+from emotrain.data.media import AudioConfig, MediaError, VideoConfig, decode_audio, decode_video, resize_frames
 from emotrain.data.schema import ROLE_IDS, UNLABELLED, mp4_member, wav_member
 from emotrain.data.shardlists import ShardSource
 from emotrain.data.text import MetadataEncoder, TextConfig, context_text, load_tokenizer, pad_token_batch, tokenize_turn
@@ -245,12 +247,24 @@ def collate_turns(samples: list[dict[str, Any]], cfg: DataConfig, modalities: Mo
         # A clip that decoded to no samples counts as missing (the model's learned "missing" vector).
         batch.update(audio=audio, audio_lengths=lengths, audio_present=lengths > 0)
     if modalities.video:
-        blank = torch.zeros(cfg.video.num_frames, 3, cfg.video.image_size, cfg.video.image_size, dtype=torch.uint8)
-        # default_collate stacks straight into shared memory inside a loader worker (no extra copy).
-        video = default_collate([blank if s["video"] is None else s["video"] for s in samples])
-        present = np.array([s["video"] is not None for s in samples], dtype=bool)
-        batch.update(video=video, video_present=present)
+        clips = [s["video"] for s in samples]
+        batch.update(video=stack_clips(clips, cfg.video), video_present=np.array([c is not None for c in clips]))
     return batch
+
+
+def stack_clips(clips: list[torch.Tensor | None], cfg: VideoConfig) -> torch.Tensor:
+    """uint8 [B, T, 3, H, W] from a batch's decoded clips; a missing clip (None) is all zeros.
+
+    Clips keep their decoded size when they all share it (the model scales them to its input
+    size on its device); a batch that mixes sizes is scaled to ``image_size`` here.
+    """
+    size = cfg.image_size
+    if len({tuple(c.shape[-2:]) for c in clips if c is not None}) > 1:
+        clips = [c if c is None or tuple(c.shape[-2:]) == (size, size) else resize_frames(c, size) for c in clips]
+    height, width = next((tuple(c.shape[-2:]) for c in clips if c is not None), (size, size))
+    blank = torch.zeros(cfg.num_frames, 3, height, width, dtype=torch.uint8)
+    # default_collate stacks straight into shared memory inside a loader worker (no extra copy).
+    return default_collate([blank if c is None else c for c in clips])
 
 
 def media_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from emotrain.errors import UserError
@@ -282,17 +283,26 @@ class TimesformerFrames(nn.Module):
         return video.to(torch.float32).mul_(scale).sub_(shift)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """``video`` uint8 [N, T, 3, H, W] -> [N, T, D]."""
+        """``video`` uint8 [N, T, 3, H, W] -> [N, T, D]; frames of another size are scaled to ``image_size``.
+
+        The loader sends clips smaller than ``image_size`` at their own size: scaling them up
+        here, on the model's device, is cheaper than moving the upsampled bytes.
+        """
         n, t, c, h, w = video.shape
-        if t != self.num_frames or h != self.image_size or w != self.image_size:
-            # TimeSformer's layers reshape by config.num_frames / image_size: a mismatch would
-            # give garbage or a cryptic reshape error deep inside.
+        if t != self.num_frames:
+            # TimeSformer's layers reshape by config.num_frames: a mismatch would give garbage or a
+            # cryptic reshape error deep inside.
             raise UserError(
-                f"video clips are {t} frames of {h}x{w} but the TimeSformer expects {self.num_frames} frames of "
-                f"{self.image_size}x{self.image_size}: set the loader's video.num_frames / video.image_size to match"
+                f"video clips are {t} frames but the TimeSformer expects {self.num_frames}: set the loader's "
+                "video.num_frames to match"
             )
         dtype = next(self.model.parameters()).dtype
-        pixels = self.normalise(video).to(dtype)
+        pixels = self.normalise(video)
+        if (h, w) != (self.image_size, self.image_size):
+            size = (self.image_size, self.image_size)
+            pixels = F.interpolate(pixels.flatten(0, 1), size=size, mode="bilinear", align_corners=False,
+                                   antialias=max(h, w) > self.image_size).unflatten(0, (n, t))
+        pixels = pixels.to(dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not is_frozen(self.model)):
             tokens = self.model(pixel_values=pixels).last_hidden_state
         # Tokens after CLS are ordered patch-major: index 1 + patch * T + frame.
