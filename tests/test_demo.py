@@ -25,8 +25,8 @@ MODELS = ("audio_text", "video_text")
 # The reduced demo: a smaller corpus with a stronger audio and video signal (0.8 of the turns
 # informative instead of 0.65); fewer steps (global batches of 16 turns) at twice the learning
 # rate, one validation and checkpoint at the end; model A on the current and previous
-# utterance's 0.5 s clips.
-REDUCED = ["corpus.conversations=260", "pack.max_per_shard=8",
+# utterance's 0.5 s clips; the quick fusion config (smaller CV searches).
+REDUCED = ["corpus.conversations=260", "pack.max_per_shard=8", "fusion=configs/fusion/quick.yaml",
            "corpus.spec.audio_informative=0.8", "corpus.spec.video_informative=0.8",
            'train_overrides=["train.lr=1e-3", "train.encoder_lr=1e-3"]']
 STEPS = {"audio_text": 180, "video_text": 60}
