@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shards", required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=1, help="loader workers per rank")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     torch.manual_seed(0)
@@ -38,7 +39,7 @@ def main() -> None:
     model_cfg = load_config(ModelConfig, REPO / "configs" / "model" / "audio_text_tiny.yaml")
     model = build_model(model_cfg, 7, meta_vocab_sizes(manifest["vocab"]), load_weights=False)
     data = DataConfig(shards=args.shards, text=TextConfig(tokenizer=str(REPO / "configs" / "tokenizers" / "tiny-wordpiece")),
-                      audio=AudioConfig(max_seconds=1.0), num_workers=1)
+                      audio=AudioConfig(max_seconds=1.0), num_workers=args.workers)
     # Batches of one turn: every turn then runs through the same tensor shapes at any world
     # size, so logits (not just the argmax) can be compared bit for bit across rank counts.
     scored = evaluate_model(model, data, Modalities(True, False), "train", 1, torch.device("cpu"), False,

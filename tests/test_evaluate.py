@@ -62,7 +62,9 @@ def test_exactly_once_at_one_two_three_ranks_over_uneven_shards_same_results(fiv
     for nproc in (1, 2, 3):
         out = tmp_path / f"n{nproc}"
         out.mkdir()
-        torchrun(nproc, "eval_ranks.py", "--shards", str(five_shards), "--out", str(out))
+        # 2 ranks x 2 loader workers: 4 readers over 5 uneven shards; 1 and 3 ranks with one worker each.
+        workers = 2 if nproc == 2 else 1
+        torchrun(nproc, "eval_ranks.py", "--shards", str(five_shards), "--out", str(out), "--workers", str(workers))
         preds = load_predictions(out / "predictions" / "train.npz")
         results[nproc] = (preds, json.loads((out / "metrics.json").read_text()))
     base_preds, base_metrics = results[1]
