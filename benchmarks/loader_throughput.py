@@ -6,7 +6,9 @@ On one AvaMERG-layout corpus (synthesised with the default ``SynthSpec``, or ``-
 (and, with ``--modalities``, per modality), in eval mode, with the same worker count:
 
 (a) ``build_loader`` over the shards: turn batches as training and evaluation get them
-    (uint8 frames, which the video model normalises on its device).
+    (uint8 frames, which the video model normalises on its device; clips smaller than
+    ``image_size``, such as the default 64 px synthetic ones, travel at their own size and the
+    model scales them up there too).
 (b) naive per-file loading from the raw folder, as the seed project did: a map-style Dataset
     over turn keys whose ``__getitem__`` scans the parsed JSON list for the turn, decodes the
     *whole* mp4 at its own size, picks 8 frames, resizes and normalises them, reads and
