@@ -97,12 +97,26 @@ def test_padding_utterances_do_not_change_the_output(kind):
     model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES).eval()
     batch = make_batch(kind, [4, 5], utterances=3)
     padded = dict(batch)
-    for key in ("utt_input_ids", "utt_attention_mask", "utt_roles", "utt_mask", "audio", "audio_lengths", "audio_present"):
+    for key in ("utt_input_ids", "utt_attention_mask", "utt_roles", "utt_mask", "audio_index", "audio_present"):
         if key in batch:
             value = batch[key]
-            extra = torch.zeros((value.shape[0], 2, *value.shape[2:]), dtype=value.dtype)
+            extra = torch.full((value.shape[0], 2, *value.shape[2:]), -1 if key == "audio_index" else 0, dtype=value.dtype)
             padded[key] = torch.cat([value, extra], dim=1)
     torch.testing.assert_close(model(padded), model(batch), rtol=1e-4, atol=1e-5)
+
+
+def test_audio_model_scores_a_shared_clip_as_it_scores_copies_of_it():
+    """The loader sends a clip used by several utterance slots once; encoding it once must equal encoding each copy."""
+    model = build_model(tiny_config("audio_text"), NUM_CLASSES, META_SIZES).eval()
+    shared = make_batch("audio_text", [0, 1, 2], utterances=3)
+    shared["audio_index"][1, 0] = shared["audio_index"][2, 0] = shared["audio_index"][0, 1]  # one clip, three slots
+    present = shared["audio_present"]
+    rows = shared["audio_index"][present]
+    per_slot = dict(shared, audio=shared["audio"][rows], audio_lengths=shared["audio_lengths"][rows],
+                    audio_index=torch.full_like(shared["audio_index"], -1).masked_scatter(present, torch.arange(len(rows))))
+    with torch.no_grad():
+        torch.testing.assert_close(model(shared), model(per_slot), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(model(shared), model(make_batch("audio_text", [0, 1, 2], utterances=3)))
 
 
 def test_bf16_autocast_forward_backward(kind):
@@ -159,8 +173,8 @@ def test_missing_media_gives_finite_logits_and_trains_the_missing_vector(kind):
     batch = make_batch(kind, [0, 1])
     if kind == "audio_text":
         batch["audio_present"][:] = False
-        batch["audio"].zero_()
-        batch["audio_lengths"].zero_()
+        batch["audio_index"][:] = -1
+        batch["audio"], batch["audio_lengths"] = torch.zeros(0, 1), torch.zeros(0, dtype=torch.long)
         missing, encoder = model.audio_missing, model.audio_encoder
     else:
         batch["video_present"][:] = False

@@ -3,6 +3,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,10 +53,13 @@ def test_batch_contract_audio_model_reads_no_video(five_shards):
     assert all(isinstance(v, torch.Tensor) for k, v in b.items() if k not in ("keys", "skipped"))
     B, U = b["utt_roles"].shape
     assert b["utt_input_ids"].shape[:2] == (B, U) and b["ctx_input_ids"].shape[0] == B
-    assert b["audio_lengths"].shape == (B, U) and b["audio"].shape == (B, U, int(b["audio_lengths"].max()))
-    assert b["audio"].shape[2] <= 16000  # max_seconds 1: padded to the batch's longest clip, at most that
-    padding = torch.arange(b["audio"].shape[2]) >= b["audio_lengths"][..., None]
-    assert not b["audio"][padding].any()
+    clips = b["audio"].shape[0]
+    assert b["audio_lengths"].shape == (clips,) and b["audio"].shape == (clips, int(b["audio_lengths"].max()))
+    assert b["audio"].shape[1] <= 16000  # max_seconds 1: padded to the batch's longest clip, at most that
+    padding = torch.arange(b["audio"].shape[1]) >= b["audio_lengths"][:, None]
+    assert not b["audio"][padding].any() and (b["audio_lengths"] > 0).all()
+    assert b["audio_index"].shape == (B, U) and b["audio_index"].max() < clips
+    assert sorted(set(b["audio_index"][b["audio_index"] >= 0].tolist())) == list(range(clips))  # each clip used
     assert b["meta_ids"].shape == (B, len(META_FIELDS))
     assert "video" not in b and "video_present" not in b
     assert torch.equal(b["utt_mask"], b["utt_roles"] > 0)
@@ -63,8 +67,10 @@ def test_batch_contract_audio_model_reads_no_video(five_shards):
     # the current utterance is the last real slot and is the speaker's
     assert (b["utt_roles"][torch.arange(B), b["num_utts"] - 1] == 1).all()
     assert b["audio_present"][b["utt_mask"]].float().mean() > 0.5
-    assert torch.equal(b["audio_present"], b["audio_lengths"] > 0)
+    assert torch.equal(b["audio_present"], b["audio_index"] >= 0)
     assert not b["audio_present"][~b["utt_mask"]].any()
+    # Turns of one conversation share utterances: their clips are sent once, not once per slot.
+    assert sum(int(x["audio_present"].sum()) for x in batches) > sum(x["audio"].shape[0] for x in batches)
 
 
 def test_video_model_reads_no_audio_and_gets_uint8_frames(five_shards):
@@ -72,6 +78,17 @@ def test_video_model_reads_no_audio_and_gets_uint8_frames(five_shards):
     b = next(iter(loader))
     assert "audio" not in b and b["video"].shape == (len(b["keys"]), 4, 3, 32, 32)
     assert b["video"].dtype == torch.uint8 and b["video_present"].all() and b["video"].float().std() > 1
+
+
+def test_collate_audio_sends_each_distinct_clip_once():
+    a, b, empty = np.ones(3, dtype=np.float32), np.full(5, 2, dtype=np.float32), np.zeros(0, dtype=np.float32)
+    out = stream.collate_audio([[a], [a, None, b], [empty, b]], slots=3)
+    assert out["audio_index"].tolist() == [[0, -1, -1], [0, -1, 1], [-1, 1, -1]]
+    assert out["audio_lengths"].tolist() == [3, 5] and out["audio"].shape == (2, 5)
+    assert out["audio"][0].tolist() == [1, 1, 1, 0, 0] and out["audio"][1].tolist() == [2] * 5
+    assert out["audio_present"].tolist() == [[True, False, False], [True, False, True], [False, True, False]]
+    nothing = stream.collate_audio([[None], [empty]], slots=1)
+    assert nothing["audio"].shape == (0, 1) and not nothing["audio_present"].any()
 
 
 def test_a_batch_of_clips_keeps_their_size_unless_it_mixes_sizes():

@@ -49,8 +49,9 @@ class AudioTextModel(nn.Module):
         )
         present = batch["audio_present"] & utt_mask
         if present.any():
-            clips = self.audio_encoder(batch["audio"][present], batch["audio_lengths"][present])
-            audio = scatter_rows(clips, present, self.audio_missing)
+            # Each distinct clip of the batch is encoded once, then placed in every slot using it.
+            clips = self.audio_encoder(batch["audio"], batch["audio_lengths"])
+            audio = scatter_rows(clips[batch["audio_index"][present]], present, self.audio_missing)
         else:
             audio = self.audio_missing.expand(*present.shape, -1).to(text.dtype)
         roles = self.role_embedding(batch["utt_roles"])

@@ -61,7 +61,11 @@ def example_batch(
         phase = torch.rand(batch_size, utterances, 1, generator=gen) * 2 * math.pi
         freq = 200.0 * (label_t.float() + 1)
         wave = 0.5 * torch.sin(2 * math.pi * freq[:, None, None] * t + phase)
-        batch.update(audio=wave * sample_mask, audio_lengths=lengths, audio_present=batch["utt_mask"].clone())
+        present = batch["utt_mask"].clone()  # every utterance has a clip of its own
+        index = torch.full(present.shape, -1, dtype=torch.long)
+        index[present] = torch.arange(int(present.sum()))
+        batch.update(audio=(wave * sample_mask)[present], audio_lengths=lengths[present], audio_index=index,
+                     audio_present=present)
     elif kind == "video_text":
         noise = 0.5 * torch.randn(batch_size, frames, 3, image, image, generator=gen)
         tinted = _tint(label_t)[:, None, :, None, None] + noise  # about -2..2: uint8 RGB around grey
