@@ -286,7 +286,8 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, help="an AvaMERG-layout folder (default: synthesise one)")
     parser.add_argument("--shards", type=Path, help="shards packed from --corpus (default: pack it into a temp folder)")
     parser.add_argument("--split", default="train", help="split of --shards to read (default train)")
-    parser.add_argument("--conversations", type=int, default=200, help="conversations to synthesise")
+    parser.add_argument("--conversations", type=int, default=600,
+                        help="conversations to synthesise (default %(default)s: a pass of (a) lasts several seconds)")
     parser.add_argument("--seed", type=int, default=0, help="synthesis seed")
     parser.add_argument("--video-size", type=int, default=SynthSpec.video_size,
                         help="synthesised mp4 side in px (default %(default)s; talking-face clips are larger)")
