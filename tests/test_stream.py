@@ -80,6 +80,16 @@ def test_video_model_reads_no_audio_and_gets_uint8_frames(five_shards):
     assert b["video"].dtype == torch.uint8 and b["video_present"].all() and b["video"].float().std() > 1
 
 
+def test_every_module_the_fork_server_preloads_imports():
+    """The fork server skips a name that fails to import: a typo would silently cost every worker seconds."""
+    import importlib
+
+    for name in stream.WORKER_PRELOAD:
+        importlib.import_module(name)
+    preload = importlib.import_module("emotrain.data.worker_preload")
+    assert preload.AutoTokenizer.__name__ == "AutoTokenizer"
+
+
 def test_collate_audio_sends_each_distinct_clip_once():
     a, b, empty = np.ones(3, dtype=np.float32), np.full(5, 2, dtype=np.float32), np.zeros(0, dtype=np.float32)
     out = stream.collate_audio([[a], [a, None, b], [empty, b]], slots=3)

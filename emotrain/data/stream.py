@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 SKIP_KINDS = ("shard_errors", "bad_conversations", "bad_clips")
 FORKSERVER = multiprocessing.get_context("forkserver")
 # What loader workers import, loaded once by the fork server (a name that fails to import is skipped).
-WORKER_PRELOAD = [__name__, "decord", "transformers", "tokenizers"]
+WORKER_PRELOAD = [__name__, "emotrain.data.worker_preload"]
 
 
 @dataclass
