@@ -406,7 +406,8 @@ def _pick_frames(data: bytes, threads: int, size: int | None, num_frames: int, j
 
 
 def resize_frames(video: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 frames [..., 3, H, W] -> [..., 3, size, size], bilinear (antialiased when shrinking)."""
+    """Frames [..., 3, H, W] (uint8 in the loader, float in the model) -> [..., 3, size, size],
+    bilinear, antialiased when shrinking."""
     lead = video.shape[:-3]
     flat = video.reshape(-1, *video.shape[-3:])
     out = torch.nn.functional.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False,

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from emotrain.data.media import resize_frames
 from emotrain.errors import UserError
 from emotrain.models.cpu_convs import use_float32_cpu_convs
 
@@ -299,9 +299,7 @@ class TimesformerFrames(nn.Module):
         dtype = next(self.model.parameters()).dtype
         pixels = self.normalise(video)
         if (h, w) != (self.image_size, self.image_size):
-            size = (self.image_size, self.image_size)
-            pixels = F.interpolate(pixels.flatten(0, 1), size=size, mode="bilinear", align_corners=False,
-                                   antialias=max(h, w) > self.image_size).unflatten(0, (n, t))
+            pixels = resize_frames(pixels, self.image_size)
         pixels = pixels.to(dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not is_frozen(self.model)):
             tokens = self.model(pixel_values=pixels).last_hidden_state
