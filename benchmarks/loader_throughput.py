@@ -33,9 +33,9 @@ import multiprocessing
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterable
 from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -245,8 +245,7 @@ def compare(label: str, modalities: Modalities, cfg: DataConfig, split: str, cor
     naive, naive_keys = median_pass(
         lambda: torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=cfg.num_workers), repeats)
     assert naive_keys == keys, "the naive loader must serve the same turns"
-    clips = loader_clips(shard_urls(cfg.shards, split, read_manifest(cfg.shards, split)), modalities,
-                         cfg.text.max_utterances)
+    clips = loader_clips(shard_urls(cfg.shards, split, manifest), modalities, cfg.text.max_utterances)
     limit, wav_rate, mp4_rate = decode_limit(clips, cfg, max(1, cfg.num_workers), min_seconds)
     start = time.perf_counter()
     next(iter(build_loader(cfg, split, modalities, batch_size, train=False)[0]))
