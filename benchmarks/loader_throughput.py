@@ -58,10 +58,11 @@ from emotrain.data.media import (  # noqa: E402
 from emotrain.data.pack import PackOptions, pack  # noqa: E402
 from emotrain.data.schema import UNLABELLED, mp4_member, wav_member  # noqa: E402
 from emotrain.data.splits import SplitRecipe  # noqa: E402
-from emotrain.data.stream import DataConfig, Modalities, build_loader, read_manifest, shard_urls  # noqa: E402
+from emotrain.data.manifest import Manifest  # noqa: E402
+from emotrain.data.stream import DataConfig, Modalities, build_loader  # noqa: E402
 from emotrain.data.synthetic import SynthSpec, generate_corpus  # noqa: E402
 from emotrain.data.text import TextConfig, context_text, load_tokenizer  # noqa: E402
-from emotrain.labels import LabelScheme, load_scheme, scheme_from_dict  # noqa: E402
+from emotrain.labels import LabelScheme, load_scheme  # noqa: E402
 from emotrain.models.build import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,14 +239,14 @@ def pass_line(name: str, p: Pass) -> str:
 def compare(label: str, modalities: Modalities, cfg: DataConfig, split: str, corpus: Path, batch_size: int,
             min_seconds: float, repeats: int) -> None:
     print(f"== {label} (audio={modalities.audio}, video={modalities.video}) ==")
-    manifest = read_manifest(cfg.shards, split)
+    manifest = Manifest.load(cfg.shards, split)
     shards, keys = median_pass(lambda: build_loader(cfg, split, modalities, batch_size, train=False)[0], repeats)
-    scheme = scheme_from_dict(manifest["scheme"])
+    scheme = manifest.scheme
     dataset = NaiveTurns(corpus / "train.json", MediaDirs.locate(corpus), keys, scheme, cfg, modalities)
     naive, naive_keys = median_pass(
         lambda: torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=cfg.num_workers), repeats)
     assert naive_keys == keys, "the naive loader must serve the same turns"
-    clips = loader_clips(shard_urls(cfg.shards, split, manifest), modalities, cfg.text.max_utterances)
+    clips = loader_clips(manifest.shard_urls(), modalities, cfg.text.max_utterances)
     limit, wav_rate, mp4_rate = decode_limit(clips, cfg, max(1, cfg.num_workers), min_seconds)
     start = time.perf_counter()
     next(iter(build_loader(cfg, split, modalities, batch_size, train=False)[0]))

@@ -22,7 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from emotrain.data.pack import PackOptions, pack
 from emotrain.data.splits import SplitRecipe
 from emotrain.data.synthetic import SynthSpec, generate_corpus
-from emotrain.dist import free_port
+from emotrain.training.distributed import free_port
 from emotrain.labels import load_scheme
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """The ``emotrain`` command.
 
-Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
-``run(args) -> int``; only the chosen one is imported, so ``emotrain --help`` answers at
+Each subcommand lives in its own module, ``emotrain/commands/<name>.py``, exposing
+``add_arguments(parser)`` and ``run(args) -> int``; only the chosen one is imported, so ``emotrain --help`` answers at
 once without loading torch or DeepSpeed.
 """
 
@@ -13,20 +13,20 @@ import sys
 
 from emotrain.config import ConfigError
 
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("emotrain.data.synthetic", "write a small, learnable corpus in the real AvaMERG layout"),
-    "pack": ("emotrain.data.pack", "pack an AvaMERG folder into WebDataset shards + manifests"),
-    "inspect": ("emotrain.models.inspect", "parameter counts (trainable / frozen) per module of a model config"),
-    "train": ("emotrain.train", "train one model in this process (launchers run launch/train.py)"),
-    "evaluate": ("emotrain.evaluate", "score a run on val and/or test, on every rank, each turn exactly once"),
-    "fuse": ("emotrain.fusion.cli", "calibrate and late-fuse the audio and video runs; report on test"),
-    "export": ("emotrain.export", "write a run's weights as a plain safetensors file + config"),
-    "demo": ("emotrain.demo", "synthesise, pack, train both models, evaluate, fuse: the whole job"),
+SUBCOMMANDS: dict[str, str] = {
+    "synth": "write a small, learnable corpus in the real AvaMERG layout",
+    "pack": "pack an AvaMERG folder into WebDataset shards + manifests",
+    "inspect": "parameter counts (trainable / frozen) per module of a model config",
+    "train": "train one model in this process (launchers run launch/train.py)",
+    "evaluate": "score a run on val and/or test, on every rank, each turn exactly once",
+    "fuse": "calibrate and late-fuse the audio and video runs; report on test",
+    "export": "write a run's weights as a plain safetensors file + config",
+    "demo": "synthesise, pack, train both models, evaluate, fuse: the whole job",
 }
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = "\n".join(f"  {name:<9} {desc}" for name, (_, desc) in SUBCOMMANDS.items())
+    lines = "\n".join(f"  {name:<9} {desc}" for name, desc in SUBCOMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="emotrain",
         description="Multimodal emotion recognition on AvaMERG: shards, distributed training, late fusion.",
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in SUBCOMMANDS:
         top.error(f"unknown command {argv[0]!r} (choose from {', '.join(SUBCOMMANDS)})")
     name = argv[0]
-    module_name, description = SUBCOMMANDS[name]
-    module = importlib.import_module(module_name)
+    description = SUBCOMMANDS[name]
+    module = importlib.import_module(f"emotrain.commands.{name}")
     parser = argparse.ArgumentParser(prog=f"emotrain {name}", description=description)
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])

@@ -1,15 +1,32 @@
-"""YAML configs validated into dataclasses.
+"""YAML configs validated into dataclasses, with every path resolved once, at load time.
 
-Configs are data: every knob lives in a YAML file under ``configs/`` and is checked
+Configs are data: every knob lives in a YAML file (the ones the project ships are package data
+under ``emotrain/configs/``, also reachable as ``configs/`` in a checkout) and is checked
 against a dataclass when it is loaded, so a typo (``trian.lr``) or a wrong type
 (``batch_size: "8"``) fails at start-up with the offending key named, not an hour into a
 job. Command lines may override any leaf with a dotted key (``train.lr=3e-4``); the
 value is parsed as YAML so numbers, booleans and lists work without extra syntax.
+
+Paths. A field declared with :func:`path_field` holds a path; :func:`resolve_paths` makes it
+absolute in one pass, so nothing downstream depends on the working directory:
+
+- a relative path written inside a YAML file is relative to that file's folder;
+- a relative path given on the command line (``--set data.shards=shards/x``) is relative to the
+  working directory;
+- a reference to another config (``model: ../model/audio_text_tiny.yaml``, or a section given as a
+  string) may also be a packaged name (``model/audio_text_tiny``), see :func:`find_config`; a
+  section given by reference is read and inlined, with its own paths relative to its own folder;
+- a ``name_or_path`` field (a tokenizer, a pretrained encoder) is made absolute only when that
+  folder exists, otherwise it stays a hub name such as ``bert-base-uncased``.
+
+A config saved after loading (a run's ``config.yaml``) therefore holds only absolute paths and
+works from any directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -39,6 +56,91 @@ def parse_yaml(text: str) -> Any:
 
 class ConfigError(ValueError):
     """A config value or key is invalid; the message names the dotted key."""
+
+
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+PATH_KIND = "emotrain_path"  # dataclass field metadata key, see path_field
+PathKind = typing.Literal["path", "name_or_path", "config"]
+
+
+def path_field(kind: PathKind = "path", **kwargs: Any) -> Any:
+    """A dataclass field holding a path (or list / mapping of paths) that loading makes absolute."""
+    metadata = {**kwargs.pop("metadata", {}), PATH_KIND: kind}
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+def config_names(subdir: str = "") -> list[str]:
+    """The packaged configs under ``subdir``, as the names :func:`find_config` accepts."""
+    root = CONFIG_ROOT / subdir
+    return sorted(str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def find_config(ref: str | Path, base: Path | None = None, subdir: str = "") -> Path:
+    """The config file ``ref`` names: a path (relative to ``base``, default the working directory,
+    with or without ``.yaml``), else a packaged config by name (``demo/audio_text``, or
+    ``ekman7`` with ``subdir="labels"``). Raises ConfigError listing the packaged names."""
+    ref = Path(ref)
+    base = Path.cwd() if base is None else base
+    candidates = [ref] if ref.is_absolute() else [base / ref, CONFIG_ROOT / subdir / ref]
+    for candidate in candidates:
+        for path in (candidate, candidate.with_name(candidate.name + ".yaml")):
+            if path.is_file():
+                return Path(os.path.normpath(path.absolute()))
+    known = ", ".join(config_names(subdir)) or "none"
+    where = f" (relative to {base})" if not ref.is_absolute() else ""
+    raise ConfigError(f"config file not found: {ref}{where}; packaged configs{' in ' + subdir if subdir else ''}: {known}")
+
+
+def _absolute(value: str, base: Path) -> str:
+    return os.path.normpath(base / value) if not Path(value).is_absolute() else value
+
+
+def _resolve_one(value: Any, kind: str, base: Path, where: str) -> Any:
+    if isinstance(value, list):
+        return [_resolve_one(v, kind, base, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _resolve_one(v, kind, base, f"{where}.{k}") for k, v in value.items()}
+    if not isinstance(value, str) or not value:
+        return value  # None, or a wrong type that validation reports with the key named
+    if kind == "config":
+        return str(find_config(value, base))
+    if kind == "name_or_path":
+        local = base / value
+        return os.path.normpath(local.absolute()) if not Path(value).is_absolute() and local.exists() else value
+    return _absolute(value, base)
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass an annotation names (``Spec`` or ``Spec | None``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return inner[0] if len(inner) == 1 else None
+    return None
+
+
+def resolve_paths(cls: type, data: dict[str, Any], base: Path, where: str = "") -> dict[str, Any]:
+    """Make every path in ``data`` (a mapping for dataclass ``cls``) absolute against ``base``; a
+    section given as a string is read from the config it names and inlined. Returns a new mapping;
+    absolute paths are left as they are, so a second pass (for command-line values) is harmless."""
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        if f.name not in out:
+            continue
+        key = f"{where}.{f.name}" if where else f.name
+        value = out[f.name]
+        kind = f.metadata.get(PATH_KIND)
+        nested = _dataclass_of(hints[f.name])
+        if kind is not None:
+            out[f.name] = _resolve_one(value, kind, base, key)
+        elif nested is not None and isinstance(value, str):
+            ref = find_config(value, base)
+            out[f.name] = resolve_paths(nested, read_yaml(ref), ref.parent, key)
+        elif nested is not None and isinstance(value, dict):
+            out[f.name] = resolve_paths(nested, value, base, key)
+    return out
 
 
 def _type_name(tp: Any) -> str:
@@ -187,8 +289,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
-    """Load ``path`` (or start empty), apply dotted overrides, validate into ``cls``."""
-    data = read_yaml(path) if path is not None else {}
-    data = apply_overrides(data, list(overrides or []))
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None, subdir: str = "") -> T:
+    """Load the config ``path`` names (a file, or a packaged name, see :func:`find_config`; None:
+    start empty), resolve its paths against its folder, apply the dotted overrides (their paths
+    against the working directory), and validate into ``cls``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = find_config(path, subdir=subdir)
+        data = resolve_paths(cls, read_yaml(file), file.parent)
+    if overrides:
+        data = resolve_paths(cls, apply_overrides(data, list(overrides)), Path.cwd())
     return from_dict(cls, data)

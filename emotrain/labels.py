@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emotrain.config import ConfigError, from_dict, read_yaml
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from emotrain.config import ConfigError, find_config, from_dict, read_yaml
 
 
 def normalise_word(word: str) -> str:
@@ -65,12 +63,8 @@ class LabelScheme:
 
 
 def load_scheme(path_or_name: str | Path) -> LabelScheme:
-    """Load a scheme from a YAML path, or by name from ``configs/labels/``."""
-    path = Path(path_or_name)
-    if not path.suffix and not path.exists():
-        path = CONFIG_DIR / "labels" / f"{path_or_name}.yaml"
-    scheme = from_dict(LabelScheme, read_yaml(path))
-    return scheme
+    """Load a scheme from a YAML path, or by name from the packaged ``configs/labels/`` (``ekman7``)."""
+    return from_dict(LabelScheme, read_yaml(find_config(path_or_name, subdir="labels")))
 
 
 def scheme_from_dict(data: dict) -> LabelScheme:

@@ -6,8 +6,8 @@
     python launch/submit.py --cluster local ...     # same job on this machine, for debugging
 
 Preemption: submitit asks for SIGUSR2 before the time limit (and SLURM signals a preempted job);
-every rank then stops at an agreed step and checkpoints (emotrain/preemption.py), after which the
-job hands the signal back to submitit, which requeues the job (emotrain/submitit_job.py); the
+every rank then stops at an agreed step and checkpoints (emotrain/training/preemption.py), after which the
+job hands the signal back to submitit, which requeues the job (emotrain/training/submitit_job.py); the
 requeued job resumes from the run directory's latest checkpoint.
 """
 
@@ -23,13 +23,14 @@ import submitit
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from emotrain import dist  # noqa: E402
-from emotrain.submitit_job import TrainJob  # noqa: E402  (importable in the job, unlike __main__)
+from emotrain.config import ConfigError, find_config  # noqa: E402
+from emotrain.training import distributed as dist  # noqa: E402
+from emotrain.training.submitit_job import TrainJob  # noqa: E402  (importable in the job, unlike __main__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="run config YAML")
+    parser.add_argument("--config", required=True, help="run config: a YAML file or a packaged name (train/audio_text)")
     parser.add_argument("--run-dir", required=True, help="run directory (resumes if it holds checkpoints)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config override (repeatable)")
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    train_args = [str(Path(args.config).resolve()), "--run-dir", str(Path(args.run_dir).resolve())]
+    train_args = [str(find_config(args.config)), "--run-dir", str(Path(args.run_dir).resolve())]
     for item in args.overrides:
         train_args += ["--set", item]
     tasks = args.tasks_per_node or max(args.gpus_per_node, 1)
@@ -74,4 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ConfigError as err:  # a bad path or value: one line, not a traceback
+        print(f"submit: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 2 launch/train.py configs/train/audio_text_tiny.yaml --run-dir runs/a
 
 Same arguments as ``emotrain train`` (see ``--help``). The ``--local_rank`` the deepspeed launcher
-appends is dropped: the rank comes from the environment (emotrain/dist.py).
+appends is dropped: the rank comes from the environment (emotrain/training/distributed.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotrain import dist  # noqa: E402
+from emotrain.training import distributed as dist  # noqa: E402
 from emotrain.cli import main as cli_main  # noqa: E402
 
 

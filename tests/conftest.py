@@ -35,7 +35,7 @@ def five_shards(corpus13, tmp_path_factory):
     """The 13 conversations in 5 uneven shards (3, 3, 3, 3, 1), all in the train split."""
     out = tmp_path_factory.mktemp("five") / "five"
     manifests = make_shards(corpus13, out, recipe=ALL_IN_TRAIN, shard_mb=100.0, max_per_shard=3)
-    assert [s["conversations"] for s in manifests["train"]["shards"]] == [3, 3, 3, 3, 1]
+    assert [s.conversations for s in manifests["train"].shards] == [3, 3, 3, 3, 1]
     return out
 
 
@@ -44,5 +44,5 @@ def two_shards(corpus13, tmp_path_factory):
     """The same conversations in 2 shards: fewer shards than ranks at 3 processes."""
     out = tmp_path_factory.mktemp("two") / "two"
     manifests = make_shards(corpus13, out, recipe=ALL_IN_TRAIN, shard_mb=100.0, max_per_shard=7)
-    assert len(manifests["train"]["shards"]) == 2
+    assert len(manifests["train"].shards) == 2
     return out

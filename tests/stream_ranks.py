@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emotrain.data.stream import DataConfig, Modalities, build_loader  # noqa: E402
 from emotrain.data.text import TextConfig  # noqa: E402
-from emotrain.gather import Scored, gather_to_rank0  # noqa: E402
+from emotrain.evaluation.gather import Scored, gather_to_rank0  # noqa: E402
 
 TOKENIZER = str(Path(__file__).resolve().parents[1] / "configs" / "tokenizers" / "tiny-wordpiece")
 

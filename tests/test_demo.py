@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_engine_runs import BIN, REPO, child_env, scalars
 
-from emotrain.predictions import load_predictions
+from emotrain.evaluation.predictions import load_predictions
 
 pytestmark = pytest.mark.slow
 NUM_CLASSES = 7
@@ -26,7 +26,7 @@ MODELS = ("audio_text", "video_text")
 # informative instead of 0.65); fewer steps (global batches of 16 turns) at twice the learning
 # rate, one validation and checkpoint at the end; model A on the current and previous
 # utterance's 0.5 s clips; the quick fusion config (smaller CV searches).
-REDUCED = ["corpus.conversations=260", "pack.max_per_shard=8", "fusion=configs/fusion/quick.yaml",
+REDUCED = ["corpus.conversations=260", "pack.max_per_shard=8", "fusion=fusion/quick",
            "corpus.spec.audio_informative=0.8", "corpus.spec.video_informative=0.8",
            'train_overrides=["train.lr=1e-3", "train.encoder_lr=1e-3"]']
 STEPS = {"audio_text": 180, "video_text": 60}
@@ -43,18 +43,18 @@ def model_overrides(seed: int) -> str:
 
 
 @pytest.fixture(scope="module", params=[0, 1], ids=lambda seed: f"seed{seed}")
-def demo(request, tmp_path_factory) -> tuple[Path, str]:
+def demo(request, tmp_path_factory) -> tuple[Path, str, str]:
     seed = request.param
     work = tmp_path_factory.mktemp(f"demo_seed{seed}")
-    sets = [f"workdir={work}", f"corpus.seed={seed}", *REDUCED, model_overrides(seed)]
-    cmd = [str(BIN / "emotrain"), "demo", *[arg for item in sets for arg in ("--set", item)]]
+    sets = [f"corpus.seed={seed}", *REDUCED, model_overrides(seed)]
+    cmd = [str(BIN / "emotrain"), "demo", "--workdir", str(work), *[arg for item in sets for arg in ("--set", item)]]
     proc = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work, proc.stdout
+    return work, proc.stdout, proc.stderr
 
 
 def test_both_models_trained_to_the_end_on_two_ranks_with_zero2_in_bf16(demo):
-    work, _ = demo
+    work, *_ = demo
     for model, steps in STEPS.items():
         run_dir = work / "runs" / model
         status = json.loads((run_dir / "status.json").read_text())
@@ -68,7 +68,7 @@ def test_both_models_trained_to_the_end_on_two_ranks_with_zero2_in_bf16(demo):
 
 
 def test_both_models_scored_every_val_and_test_turn_once(demo):
-    work, _ = demo
+    work, *_ = demo
     for split in ("val", "test"):
         manifest = json.loads((work / "shards" / "demo" / split / "manifest.json").read_text())
         keys = [load_predictions(work / "runs" / model / "predictions" / f"{split}.npz").keys for model in MODELS]
@@ -78,7 +78,7 @@ def test_both_models_scored_every_val_and_test_turn_once(demo):
 
 @pytest.mark.parametrize("demo", [0], indirect=True, ids=["seed0"])  # one seed is enough for the export
 def test_export_of_model_a_loads_without_deepspeed(demo, tmp_path):
-    work, _ = demo
+    work, *_ = demo
     out = tmp_path / "export"
     exported = subprocess.run([str(BIN / "emotrain"), "export", str(work / "runs" / "audio_text"), "--out", str(out)],
                               env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -88,7 +88,7 @@ import json, sys
 from safetensors.torch import load_file
 from emotrain.data.schema import meta_vocab_sizes
 from emotrain.models import build_model
-from emotrain.run_config import load_run_config
+from emotrain.training.run_config import load_run_config
 cfg = load_run_config({str(out / 'config.yaml')!r})
 manifest = json.load(open({str(work / 'shards' / 'demo' / 'train' / 'manifest.json')!r}))
 model = build_model(cfg.model, 7, meta_vocab_sizes(manifest['vocab']), load_weights=False)
@@ -102,7 +102,7 @@ print("ok", len(model.state_dict()))
 
 
 def test_each_model_learns_and_the_chosen_fusion_beats_both(demo):
-    work, _ = demo
+    work, *_ = demo
     summary = json.loads((work / "fusion" / "fusion.json").read_text())
     rows = summary["test"]
     audio, video = rows["audio (raw)"]["macro_f1"], rows["video (raw)"]["macro_f1"]
@@ -112,7 +112,7 @@ def test_each_model_learns_and_the_chosen_fusion_beats_both(demo):
 
 
 def test_the_results_table_and_where_things_are_are_printed(demo):
-    work, stdout = demo
+    work, stdout, _ = demo
     summary = json.loads((work / "fusion" / "fusion.json").read_text())
     table = stdout[stdout.index("Results on the synthetic test split"):]
     for name in summary["test"]:
@@ -132,7 +132,7 @@ def tensorboard_tags(log_dir: Path) -> set[str]:
 
 
 def test_tensorboard_logs_hold_the_expected_tags(demo):
-    work, _ = demo
+    work, *_ = demo
     for model in MODELS:
         tags = tensorboard_tags(work / "runs" / model / "tb")
         assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "val/accuracy",

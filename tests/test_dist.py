@@ -1,10 +1,10 @@
-"""emotrain.dist: which launcher variables win, and what each launcher's environment turns into."""
+"""emotrain.training.distributed: which launcher variables win, and what each launcher's environment turns into."""
 
 from __future__ import annotations
 
 import pytest
 
-from emotrain import dist
+from emotrain.training import distributed as dist
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_WORLD_SIZE": "2",
             "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400", "TORCHELASTIC_RUN_ID": "x",

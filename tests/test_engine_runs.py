@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from toy_train import ToyModel
 
-from emotrain import checkpoint
-from emotrain.dist import free_port
+from emotrain.training import checkpoint
+from emotrain.training.distributed import free_port
 
 TOY = Path(__file__).with_name("toy_train.py")
 REPO = TOY.parents[1]

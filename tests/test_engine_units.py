@@ -13,16 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-from emotrain import checkpoint
+from emotrain.training import checkpoint
 from emotrain.config import ConfigError, from_dict, read_yaml
-from emotrain.dist import AccelerateSettings
-from emotrain.engine import to_device
+from emotrain.training.distributed import AccelerateSettings
+from emotrain.models.inputs import model_inputs
 from emotrain.errors import UserError
-from emotrain.export import export_weights
-from emotrain.engine_config import REPO_ROOT, TrainConfig, deepspeed_config, read_deepspeed_json, resolve_path
-from emotrain.optim import build_optimizer, optimizer_state_bytes, param_groups, warmup_cosine
-from emotrain.preemption import StopRequest
-from emotrain.rng import capture_rng_state, restore_rng_state, seed_all
+from emotrain.evaluation.export import export_weights
+from emotrain.config import CONFIG_ROOT, find_config
+from emotrain.training.deepspeed_config import TrainConfig, deepspeed_config, read_deepspeed_json
+from emotrain.training.optim import build_optimizer, optimizer_state_bytes, param_groups, warmup_cosine
+from emotrain.training.preemption import StopRequest
+from emotrain.training.rng import capture_rng_state, restore_rng_state, seed_all
 
 DS_CONFIGS = {"zero0": 0, "zero1": 1, "zero2": 2, "zero3": 3, "zero2_offload": 2}
 
@@ -61,7 +62,7 @@ def test_steps_from_samples() -> None:
 
 @pytest.mark.parametrize("name,stage", DS_CONFIGS.items())
 def test_shipped_deepspeed_configs(name: str, stage: int) -> None:
-    raw = json.loads((REPO_ROOT / "configs/deepspeed" / f"{name}.json").read_text())
+    raw = json.loads((CONFIG_ROOT / "deepspeed" / f"{name}.json").read_text())
     assert raw["zero_optimization"]["stage"] == stage
     assert raw["bf16"]["enabled"] is True and "gradient_clipping" in raw
     ds = deepspeed_config(cfg(deepspeed_config=f"configs/deepspeed/{name}.json", global_batch_size=32, micro_batch_size=4), 2)
@@ -108,10 +109,10 @@ def test_accelerate_yamls_load_in_accelerate() -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
     for name in ("single", "multi_process", "multi_node_deepspeed"):
-        load_config_from_file(str(REPO_ROOT / "configs/accelerate" / f"{name}.yaml"))
-    multi_node = read_yaml(REPO_ROOT / "configs/accelerate/multi_node_deepspeed.yaml")
+        load_config_from_file(str(CONFIG_ROOT / "accelerate" / f"{name}.yaml"))
+    multi_node = read_yaml(CONFIG_ROOT / "accelerate/multi_node_deepspeed.yaml")
     assert multi_node["deepspeed_config"]["deepspeed_multinode_launcher"] == "standard"
-    assert resolve_path(multi_node["deepspeed_config"]["deepspeed_config_file"]).is_file()
+    assert find_config(multi_node["deepspeed_config"]["deepspeed_config_file"]).is_file()
 
 
 class Encoded(nn.Module):
@@ -216,12 +217,12 @@ def test_ranks_draw_differently() -> None:
     assert not torch.equal(a, torch.rand(4))
 
 
-def test_to_device_casts_only_floats() -> None:
+def test_model_inputs_casts_only_floats_and_drops_keys_labels_counters() -> None:
     batch = {"keys": ["a", "b"], "audio": torch.zeros(2, 3), "ids": torch.ones(2, 3, dtype=torch.long),
-             "mask": torch.ones(2, dtype=torch.bool)}
-    moved = to_device(batch, torch.device("cpu"), torch.bfloat16)
+             "mask": torch.ones(2, dtype=torch.bool), "labels": torch.tensor([0, 1]), "skipped": {"bad_clips": 0}}
+    moved = model_inputs(batch, torch.device("cpu"), torch.bfloat16)
     assert moved["audio"].dtype == torch.bfloat16 and moved["ids"].dtype == torch.long and moved["mask"].dtype == torch.bool
-    assert moved["keys"] == ["a", "b"]
+    assert sorted(moved) == ["audio", "ids", "mask"]  # the model never receives keys, labels or counters
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])

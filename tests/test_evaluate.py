@@ -8,9 +8,9 @@ from corpus import torchrun
 from emotrain.data.schema import META_FIELDS
 from emotrain.data.stream import Modalities
 from emotrain.errors import UserError
-from emotrain.evaluate import evaluate_model, write_evaluation
-from emotrain.gather import Scored
-from emotrain.predictions import load_classes, load_predictions
+from emotrain.evaluation.scoring import evaluate_model, write_evaluation
+from emotrain.evaluation.gather import Scored
+from emotrain.evaluation.predictions import load_classes, load_predictions
 from test_stream import data_config, labelled_keys
 
 

@@ -11,8 +11,8 @@ from emotrain.fusion.late import ConfidenceFusion, MeanFusion, WeightedFusion, s
 from emotrain.fusion.learned import GatingConfig, GatingFusion, StackingConfig, StackingFusion, stratified_folds
 from emotrain.fusion.pipeline import FusionConfig, MetricsConfig, build_strategies, fuse_runs
 from emotrain.fusion.runs import align, load_run
-from emotrain.metrics import expected_calibration_error, macro_f1, softmax
-from emotrain.predictions import Predictions, load_predictions, save_classes, save_predictions
+from emotrain.evaluation.metrics import expected_calibration_error, macro_f1, softmax
+from emotrain.evaluation.predictions import Predictions, load_predictions, save_classes, save_predictions
 
 CLASSES = ["happy", "surprised", "angry", "fear", "sad", "disgusted", "contempt"]
 PRIORS = np.array([0.3, 0.15, 0.15, 0.12, 0.14, 0.08, 0.06])  # imbalanced, like AvaMERG

@@ -2,7 +2,7 @@ import json
 import shutil
 
 from emotrain.cli import main
-from emotrain.predictions import save_classes
+from emotrain.evaluation.predictions import save_classes
 from test_fusion import make_runs
 
 FAST = ["--set", "stacking.folds=3", "--set", "stacking.l2=[0.01]", "--set", "gating.folds=3",

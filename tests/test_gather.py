@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from emotrain.errors import UserError
-from emotrain.gather import Scored, check_complete, from_bytes, merge, to_bytes
+from emotrain.evaluation.gather import Scored, check_complete, from_bytes, merge, to_bytes
 
 
 def scored(keys, seed=0):

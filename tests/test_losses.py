@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from emotrain.config import ConfigError, from_dict
-from emotrain.losses import LossConfig, build_loss, class_weight_vector
+from emotrain.training.losses import LossConfig, build_loss, class_weight_vector
 
 HISTOGRAM = [50, 10, 5, 20, 8, 4, 3]
 

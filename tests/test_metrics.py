@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from emotrain.metrics import (
+from emotrain.evaluation.metrics import (
     bootstrap_intervals,
     compute_metrics,
     expected_calibration_error,

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 from emotrain.cli import main as cli_main
+from emotrain.data.manifest import Manifest
 from emotrain.data.schema import META_FIELDS
+from emotrain.labels import LabelScheme
 
 ROOT = Path(__file__).resolve().parents[1]
 # bert-base-uncased without its pooler (we use the CLS token): 109,482,240 - 590,592.
@@ -40,8 +42,9 @@ def test_run_yaml_with_model_section_and_manifest(tmp_path, capsys):
     model = (ROOT / "configs/model/video_text_tiny.yaml").read_text()
     run_yaml = tmp_path / "run.yaml"
     run_yaml.write_text("model:\n" + "".join(f"  {line}\n" for line in model.splitlines()) + "train: {lr: 0.001}\n")
-    manifest = {"vocab": {"topic": ["a", "b", "c"]}, "scheme": {"name": "x", "classes": ["p", "q", "r"]}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    scheme = LabelScheme(name="x", classes=["p", "q", "r"])
+    Manifest(name="x", split="train", conversations=0, turns=0, labelled_turns=0, clips=0, label_histogram={},
+             scheme=scheme, shards=[], conversation_ids=[], vocab={"topic": ["a", "b", "c"]}, recipe={}).write(tmp_path)
     assert cli_main(["inspect", str(run_yaml), "model.video.freeze=true", "--manifest", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = _rows(out)
@@ -50,6 +53,13 @@ def test_run_yaml_with_model_section_and_manifest(tmp_path, capsys):
     assert rows["head"][2] == (64 * 64 + 64) + (64 * 3 + 3)  # fusion 2*32 -> mlp 64 -> 3 classes
     dim = 80 // len(META_FIELDS)
     assert rows["metadata"][2] == dim * (4 + (len(META_FIELDS) - 1))  # topic: 3 + unknown; others: unknown only
+
+
+def test_malformed_manifest_is_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / "manifest.json").write_text(json.dumps({"vocab": {}, "scheme": {"name": "x", "classes": ["p", "q"]}}))
+    assert cli_main(["inspect", str(ROOT / "configs/model/video_text_tiny.yaml"), "--manifest", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "malformed manifest" in err and "missing required key" in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_config_is_one_line_exit_2(tmp_path, capsys):

@@ -8,6 +8,7 @@ import webdataset as wds
 from corpus import copy_corpus, make_corpus, make_shards, pack_options
 from emotrain.cli import main as cli_main
 from emotrain.data.pack import pack
+from emotrain.config import to_dict
 from emotrain.errors import UserError
 
 
@@ -31,7 +32,7 @@ def test_pack_counts_match_what_is_read(corpus, tmp_path):
     all_ids = set()
     for split, manifest in manifests.items():
         m, samples = read_split(out, split)
-        assert m == manifest
+        assert m == to_dict(manifest)  # what pack returned is what it wrote
         assert m["conversations"] == len(samples) == len(m["conversation_ids"])
         keys = [s["__key__"] for s in samples]
         assert keys == m["conversation_ids"] and "." not in "".join(keys)
@@ -51,9 +52,9 @@ def test_pack_counts_match_what_is_read(corpus, tmp_path):
         all_ids |= set(keys)
     assert all_ids == {c["conversation_id"] for c in source}
     assert sum(len(json.loads(s["labels.json"])) for sp in manifests for s in read_split(out, sp)[1]) == total_turns
-    train_avatars = {str(c["speaker_profile"]["ID"]) for c in source if c["conversation_id"] in manifests["train"]["conversation_ids"]}
-    assert set(manifests["test"]["vocab"]["avatar_id"]) >= train_avatars  # vocab is train's, shared
-    assert manifests["test"]["vocab"] == manifests["train"]["vocab"]
+    train_avatars = {str(c["speaker_profile"]["ID"]) for c in source if c["conversation_id"] in manifests["train"].conversation_ids}
+    assert set(manifests["test"].vocab["avatar_id"]) >= train_avatars  # vocab is train's, shared
+    assert manifests["test"].vocab == manifests["train"].vocab
 
 
 def test_wavs_are_resampled_once_to_16k(corpus, tmp_path):
@@ -88,7 +89,7 @@ def test_bad_clips_and_records_lose_nothing_else(corpus, tmp_path):
 
     out = tmp_path / "out"
     manifests = pack(pack_options(src, out, max_clip_mb=2.0))
-    skipped = [s for m in manifests.values() for s in m["skipped"]]
+    skipped = [s for m in manifests.values() for s in m.skipped]
     by_id = {s["id"]: s for s in skipped}
     assert by_id[wavs[0].name]["reason"] == "missing file"
     assert by_id[mp4s[1].name]["reason"] == "zero-byte file"
@@ -99,14 +100,14 @@ def test_bad_clips_and_records_lose_nothing_else(corpus, tmp_path):
     assert "unsafe" in by_id["../../evil"]["reason"]
     assert any(s["kind"] == "conversation" and "duplicate" in s["reason"] for s in skipped)
     assert "bewildered" in by_id[f"88888_{unmapped['turns'][0]['turn_id']}"]["reason"]
-    packed_ids = {i for m in manifests.values() for i in m["conversation_ids"]}
+    packed_ids = {i for m in manifests.values() for i in m.conversation_ids}
     assert packed_ids == {r["conversation_id"] for r in records} | {"88888"}
     # 88888 is a copy of a record under a new id, so none of its clips exist on disk.
     expected_clips = 2 * sum(len(r["turns"][-1]["dialogue_history"]) for r in records) - 5
     copied_clips = 2 * len(unmapped["turns"][-1]["dialogue_history"])
     missing_copied = [s for s in skipped if s["kind"] == "clip" and s["id"].startswith("dia88888")]
     assert len(missing_copied) == copied_clips and {s["reason"] for s in missing_copied} == {"missing file"}
-    assert sum(m["clips"] for m in manifests.values()) == expected_clips
+    assert sum(m.clips for m in manifests.values()) == expected_clips
     labels = {s["__key__"]: json.loads(s["labels.json"]) for sp in manifests for s in read_split(out, sp)[1]}
     assert labels["88888"][0] == -1
 
@@ -124,7 +125,7 @@ def test_resume_keeps_verified_shards_and_redoes_the_rest(corpus, tmp_path):
     assert second == first
     for p in shards[2:]:
         assert p.stat().st_mtime_ns == mtimes[p]
-    listed = [s["name"] for s in second["train"]["shards"]]
+    listed = [s.name for s in second["train"].shards]
     assert "leftover.tar.tmp" not in listed and all(n.endswith(".tar") for n in listed)
 
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from emotrain.metrics import compute_metrics, softmax
-from emotrain.report import markdown_table, write_report
+from emotrain.evaluation.metrics import compute_metrics, softmax
+from emotrain.evaluation.report import markdown_table, write_report
 
 CLASSES = ["happy", "sad", "angry"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from emotrain.config import ConfigError
-from emotrain.run_config import load_run_config
+from emotrain.training.run_config import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_CONFIGS = sorted(p for d in ("train", "rtx3060", "demo") for p in (REPO / "configs" / d).glob("*_text.yaml"))
@@ -33,18 +33,18 @@ def test_unknown_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match="learning_rate"):
         load_run_config(REPO / "configs" / "demo" / "audio_text.yaml", ["train.learning_rate=1"])
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: configs/model/nope.yaml\ntrain: {total_samples: 10}\n")
+    bad.write_text("model: ../model/nope.yaml\ntrain: {total_samples: 10}\n")
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_run_config(bad)
 
 
 def test_demo_config_loads_and_names_only_its_models():
     from emotrain.config import load_config
-    from emotrain.demo import DEFAULT_CONFIG, DemoConfig
+    from emotrain.commands.demo import DEFAULT_CONFIG, DemoConfig
 
     cfg = load_config(DemoConfig, DEFAULT_CONFIG, ['model_overrides={"audio_text": ["train.lr=1e-3"]}'])
     assert cfg.model_overrides == {"audio_text": ["train.lr=1e-3"]}
     for model, path in cfg.train_configs.items():
-        assert load_run_config(REPO / path).model.kind == model
+        assert Path(path).is_absolute() and load_run_config(path).model.kind == model
     with pytest.raises(ConfigError, match="model_overrides"):
         load_config(DemoConfig, DEFAULT_CONFIG, ["model_overrides={audio: [train.lr=1e-3]}"])

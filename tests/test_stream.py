@@ -48,7 +48,7 @@ def test_batch_contract_audio_model_reads_no_video(five_shards):
     # One worker: batches cross a process boundary (numpy small fields, shared-memory audio).
     loader, manifest = build_loader(data_config(five_shards, num_workers=1), "train", Modalities(audio=True, video=False), 4, train=False)
     batches = list(loader)
-    assert sum(len(b["keys"]) for b in batches) == manifest["labelled_turns"]
+    assert sum(len(b["keys"]) for b in batches) == manifest.labelled_turns
     b = batches[0]
     assert all(isinstance(v, torch.Tensor) for k, v in b.items() if k not in ("keys", "skipped"))
     B, U = b["utt_roles"].shape
@@ -125,7 +125,7 @@ def test_each_clip_decoded_once_per_conversation(five_shards, monkeypatch):
 def test_unlabelled_turns_are_not_yielded(five_shards):
     loader, manifest = build_loader(data_config(five_shards), "train", Modalities(False, False), 64, train=False)
     keys = [k for b in loader for k in b["keys"]]
-    assert len(keys) == len(set(keys)) == manifest["labelled_turns"]
+    assert len(keys) == len(set(keys)) == manifest.labelled_turns
     assert set(keys) == labelled_keys(five_shards)
 
 
@@ -214,4 +214,4 @@ def test_loader_workers_survive_the_preemption_notices(five_shards):
         os.kill(worker.pid, signal.SIGUSR1)
         os.kill(worker.pid, signal.SIGUSR2)
     keys += [k for batch in batches for k in batch["keys"]]
-    assert len(keys) == len(set(keys)) == manifest["labelled_turns"]
+    assert len(keys) == len(set(keys)) == manifest.labelled_turns

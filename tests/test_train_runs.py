@@ -15,7 +15,7 @@ from test_engine_runs import BIN, REPO, TIMEOUT, child_env, scalars
 
 from corpus import make_shards
 from emotrain.data.splits import SplitRecipe
-from emotrain.dist import free_port
+from emotrain.training.distributed import free_port
 
 pytestmark = pytest.mark.slow
 STEPS = 30

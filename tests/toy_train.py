@@ -25,12 +25,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emotrain import dist  # noqa: E402
-from emotrain.checkpoint import ResumeState  # noqa: E402
+from emotrain.training import distributed as dist  # noqa: E402
+from emotrain.training.checkpoint import ResumeState  # noqa: E402
 from emotrain.config import apply_overrides, from_dict, to_dict  # noqa: E402
-from emotrain.engine import TrainResult, build_engine, to_device, train  # noqa: E402
-from emotrain.engine_config import TrainConfig  # noqa: E402
-from emotrain.optim import optimizer_state_bytes  # noqa: E402
+from emotrain.models.inputs import model_inputs  # noqa: E402
+from emotrain.training.engine import TrainResult, build_engine, fit  # noqa: E402
+from emotrain.training.deepspeed_config import TrainConfig  # noqa: E402
+from emotrain.training.optim import optimizer_state_bytes  # noqa: E402
 
 NUM_CLASSES, VOCAB, UTTS, TOKENS, SAMPLES, META_FIELDS, META_VOCAB = 7, 64, 3, 6, 32, 4, 5
 
@@ -114,7 +115,7 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = ToyModel()
     nan_at = {int(i) for i in args.nan_at.split(",") if i} if env.rank == 1 or env.world_size == 1 else set()
-    result = train(
+    result = fit(
         model, nn.CrossEntropyLoss(),
         lambda state: toy_batches(state, cfg.seed, env.rank, cfg.micro_batch_size, nan_at, args.delay),
         cfg, args.run_dir, env,
@@ -148,9 +149,9 @@ def measure_optimizer_bytes(cfg: TrainConfig, env: dist.DistEnv, steps: int = 2)
     engine, optimizer, _ = build_engine(ToyModel(), cfg, env)
     loss_fn = nn.CrossEntropyLoss()
     for index in range(steps * engine.gradient_accumulation_steps()):
-        batch = to_device(toy_batch(cfg.seed, env.rank, index, cfg.micro_batch_size), torch.device("cpu"), torch.bfloat16 if cfg.bf16 else torch.float32)
-        labels = batch.pop("labels")
-        engine.backward(loss_fn(engine(batch).float(), labels))
+        batch = toy_batch(cfg.seed, env.rank, index, cfg.micro_batch_size)
+        inputs = model_inputs(batch, torch.device("cpu"), torch.bfloat16 if cfg.bf16 else torch.float32)
+        engine.backward(loss_fn(engine(inputs).float(), batch["labels"]))
         engine.step()
     gathered = [0] * env.world_size
     torch.distributed.all_gather_object(gathered, optimizer_state_bytes(optimizer))

@@ -17,7 +17,6 @@ Why the shape of this module:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import multiprocessing as mp
@@ -31,12 +30,12 @@ from typing import Any
 from tqdm import tqdm
 
 from emotrain.data.avamerg import Conversation, MediaDirs, Skipped, read_conversations
+from emotrain.data.manifest import MANIFEST, Manifest, ShardEntry
 from emotrain.data.schema import UNLABELLED, VOCAB_FIELDS, mp4_member, wav_member
 from emotrain.data.splits import SPLITS, SplitRecipe, assign_splits
 from emotrain.errors import UserError
-from emotrain.labels import LabelScheme, load_scheme, normalise_word
+from emotrain.labels import LabelScheme, normalise_word
 
-MANIFEST = "manifest.json"
 DONE_SUFFIX = ".done.json"
 
 
@@ -303,7 +302,7 @@ def _remove_stale(split_dir: Path, planned: set[str]) -> None:
             path.unlink()
 
 
-def pack(opts: PackOptions) -> dict[str, Any]:
+def pack(opts: PackOptions) -> dict[str, Manifest]:
     """Pack every split; returns the per-split manifests. Raises UserError on a failed pack."""
     source_json = opts.source / opts.json_name
     if not opts.source.is_dir():
@@ -346,25 +345,25 @@ def pack(opts: PackOptions) -> dict[str, Any]:
         skipped += [s for r in shard_records for s in r["skipped"]]
         if split == "train":  # rejected before split assignment: listed once, with the source split
             skipped = [s.to_dict() for s in input_skips] + skipped
-        manifest = {
-            "name": name,
-            "split": split,
-            "conversations": sum(r["conversations"] for r in shard_records),
-            "turns": sum(len(c.turns) for t in tasks for c in t.conversations),
-            "labelled_turns": sum(histogram.values()),
-            "clips": sum(r["clips"] for r in shard_records),
-            "label_histogram": {cls: histogram.get(i, 0) for i, cls in enumerate(opts.scheme.classes)},
-            "scheme": opts.scheme.to_dict(),
-            "shards": [{"name": r["name"], "conversations": r["conversations"], "sha256": r["sha256"]} for r in shard_records],
-            "conversation_ids": [c.conversation_id for c in splits[split]],
-            "vocab": vocab,
-            "recipe": recipe,
-            "skipped": skipped,
-        }
-        _write_json_atomic(opts.out / split / MANIFEST, manifest)
+        manifest = Manifest(
+            name=name,
+            split=split,
+            conversations=sum(r["conversations"] for r in shard_records),
+            turns=sum(len(c.turns) for t in tasks for c in t.conversations),
+            labelled_turns=sum(histogram.values()),
+            clips=sum(r["clips"] for r in shard_records),
+            label_histogram={cls: histogram.get(i, 0) for i, cls in enumerate(opts.scheme.classes)},
+            scheme=opts.scheme,
+            shards=[ShardEntry(r["name"], r["conversations"], r["sha256"]) for r in shard_records],
+            conversation_ids=[c.conversation_id for c in splits[split]],
+            vocab=vocab,
+            recipe=recipe,
+            skipped=skipped,
+        )
+        manifest.write(opts.out / split)
         manifests[split] = manifest
 
-    packed = sum(m["conversations"] for m in manifests.values())
+    packed = sum(m.conversations for m in manifests.values())
     skipped_conversations = records - len(conversations)
     if packed == 0:
         raise UserError(f"nothing was packed from {source_json} ({skipped_conversations} conversation(s) skipped)")
@@ -374,45 +373,3 @@ def pack(opts: PackOptions) -> dict[str, Any]:
             f"{opts.max_skip_frac}; see 'skipped' in {opts.out / 'train' / MANIFEST}"
         )
     return manifests
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--avamerg", type=Path, required=True, help="AvaMERG folder (JSON + audio_v5_0/ + video_v5_0/)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. shards/NAME")
-    parser.add_argument("--labels", default="ekman7", help="label scheme: a YAML path or a name in configs/labels/")
-    parser.add_argument("--json", default="train.json", help="the labelled JSON inside --avamerg to carve splits from")
-    parser.add_argument("--audio-dir", type=Path, help="wav folder (default: audio_v5_0/ if present, else --avamerg)")
-    parser.add_argument("--video-dir", type=Path, help="mp4 folder (default: video_v5_0/ if present, else --avamerg)")
-    parser.add_argument("--val-frac", type=float, default=0.1, help="share of conversations for val")
-    parser.add_argument("--test-frac", type=float, default=0.1, help="share of conversations for test")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the split assignment")
-    parser.add_argument("--speaker-independent", action="store_true", help="keep every avatar ID in one split only")
-    parser.add_argument("--workers", type=int, default=1, help="parallel shard writers")
-    parser.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MiB of media")
-    parser.add_argument("--max-per-shard", type=int, default=1000, help="at most this many conversations per shard")
-    parser.add_argument("--max-clip-mb", type=float, default=64.0, help="a larger clip is recorded as missing")
-    parser.add_argument("--max-skip-frac", type=float, default=0.2, help="fail when more conversations are skipped")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.workers < 1 or args.shard_mb <= 0 or args.max_per_shard < 1 or args.max_clip_mb <= 0:
-        raise UserError("--workers, --shard-mb, --max-per-shard and --max-clip-mb must be positive")
-    recipe = SplitRecipe(args.val_frac, args.test_frac, args.split_seed, args.speaker_independent)
-    try:
-        recipe.validate()
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    opts = PackOptions(
-        source=args.avamerg, out=args.out, scheme=load_scheme(args.labels), recipe=recipe, json_name=args.json,
-        audio_dir=args.audio_dir, video_dir=args.video_dir, workers=args.workers, shard_mb=args.shard_mb,
-        max_per_shard=args.max_per_shard, max_clip_mb=args.max_clip_mb, max_skip_frac=args.max_skip_frac,
-        progress=not args.no_progress,
-    )
-    manifests = pack(opts)
-    for split, m in manifests.items():
-        print(
-            f"{split:>5}: {m['conversations']} conversations, {m['labelled_turns']} labelled turns, "
-            f"{m['clips']} clips, {len(m['shards'])} shards, {len(m['skipped'])} skipped -> {args.out / split}"
-        )
-    return 0

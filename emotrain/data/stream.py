@@ -42,7 +42,6 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -50,12 +49,14 @@ import torch
 import webdataset as wds
 from torch.utils.data import default_collate
 
+from emotrain.data.manifest import Manifest
 from emotrain.data.media import AudioConfig, MediaError, VideoConfig, decode_audio, decode_video, resize_frames
 from emotrain.data.schema import ROLE_IDS, UNLABELLED, mp4_member, wav_member
 from emotrain.data.shardlists import ShardSource
 from emotrain.data.text import MetadataEncoder, TextConfig, context_text, load_tokenizer, pad_token_batch, tokenize_turn
+from emotrain.config import path_field
 from emotrain.errors import UserError
-from emotrain.preemption import ignore_stop_notices
+from emotrain.training.preemption import ignore_stop_notices
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ WORKER_PRELOAD = [__name__, "emotrain.data.worker_preload"]
 class DataConfig:
     """Where the shards are and how turns become tensors (the run records all of it)."""
 
-    shards: str = "shards/synthetic"
+    shards: str = path_field(default="")  # the folder `emotrain pack --out` wrote (train/ val/ test/)
     text: TextConfig = field(default_factory=TextConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
@@ -91,25 +92,6 @@ class Modalities:
 
     audio: bool
     video: bool
-
-
-def read_manifest(shards_dir: str | Path, split: str) -> dict[str, Any]:
-    path = Path(shards_dir) / split / "manifest.json"
-    if not path.is_file():
-        raise UserError(f"no manifest at {path}: pack the corpus first (emotrain pack)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise UserError(f"{path}: malformed manifest ({err})") from None
-
-
-def shard_urls(shards_dir: str | Path, split: str, manifest: dict[str, Any]) -> list[str]:
-    base = Path(shards_dir) / split
-    urls = [str(base / s["name"]) for s in manifest["shards"]]
-    missing = [u for u in urls if not Path(u).is_file()]
-    if missing:
-        raise UserError(f"{len(missing)} shard(s) listed in {base / 'manifest.json'} are missing, e.g. {missing[0]}")
-    return urls
 
 
 class SkipCounter:
@@ -374,7 +356,7 @@ def _as_sent(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size: int, train: bool,
-                 rank: int = 0, world_size: int = 1, start_epoch: int = 0) -> tuple[TurnLoader, dict]:
+                 rank: int = 0, world_size: int = 1, start_epoch: int = 0) -> tuple[TurnLoader, Manifest]:
     """The turn batches for this rank, and the split's manifest.
 
     Workers start from a fork server: torchaudio's thread pools can deadlock in workers forked
@@ -385,9 +367,9 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
     """
     if batch_size < 1:
         raise UserError("batch size must be at least 1")
-    manifest = read_manifest(cfg.shards, split)
-    urls = shard_urls(cfg.shards, split, manifest)
-    dataset = TurnBatches(urls, cfg, modalities, manifest["vocab"], batch_size, train, rank, world_size, start_epoch)
+    manifest = Manifest.load(cfg.shards, split)
+    urls = manifest.shard_urls()
+    dataset = TurnBatches(urls, cfg, modalities, manifest.vocab, batch_size, train, rank, world_size, start_epoch)
     kwargs: dict[str, Any] = {"batch_size": None, "num_workers": cfg.num_workers, "collate_fn": _as_sent}
     if cfg.num_workers > 0:
         FORKSERVER.set_forkserver_preload(WORKER_PRELOAD)  # a no-op once the server runs

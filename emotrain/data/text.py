@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from emotrain.config import path_field
 from emotrain.data.schema import META_FIELDS, UNKNOWN_ID, VOCAB_FIELDS
 from emotrain.errors import UserError
 from emotrain.labels import normalise_word
@@ -27,7 +28,7 @@ CONTEXT_FIELDS = ("context", "event_scenario", "emotion_cause", "goal_to_respons
 class TextConfig:
     """Which tokenizer, how long, and which texts make up a turn's context input."""
 
-    tokenizer: str = "bert-base-uncased"  # a hub name, a local HF tokenizer folder, or a folder with vocab.txt
+    tokenizer: str = path_field("name_or_path", default="bert-base-uncased")  # a hub name, a local HF tokenizer folder, or a folder with vocab.txt
     max_utterance_tokens: int = 128
     max_context_tokens: int = 256
     context_fields: list[str] = field(default_factory=lambda: ["context"])

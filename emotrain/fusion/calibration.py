@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emotrain.metrics import log_softmax
+from emotrain.evaluation.metrics import log_softmax
 
 _GOLDEN = (math.sqrt(5) - 1) / 2
 _STEPS = 80  # shrinks the log-T interval by 0.618**80, far below float precision

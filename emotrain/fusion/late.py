@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal, Sequence, TypeVar
 import numpy as np
 
 from emotrain.fusion.calibration import TemperatureConfig, fit_temperature, scaled_log_probs
-from emotrain.metrics import macro_f1, nll
+from emotrain.evaluation.metrics import macro_f1, nll
 
 T = TypeVar("T")
 

@@ -1,6 +1,6 @@
 """The fusion recipe: fit on validation, choose on validation, report everything on test.
 
-Test labels are read only by :func:`emotrain.metrics.compute_metrics`, after every
+Test labels are read only by :func:`emotrain.evaluation.metrics.compute_metrics`, after every
 temperature, weight and network has been fitted and the strategy has been chosen, so a
 test score here is an honest estimate (the tests shuffle test labels to prove it).
 """
@@ -25,7 +25,7 @@ from emotrain.fusion.late import (
 )
 from emotrain.fusion.learned import GatingConfig, GatingFusion, StackingConfig, StackingFusion
 from emotrain.fusion.runs import Aligned, RunPredictions, align, check_same_classes
-from emotrain.metrics import BOOTSTRAP_RESAMPLES, ECE_BINS, compute_metrics
+from emotrain.evaluation.metrics import BOOTSTRAP_RESAMPLES, ECE_BINS, compute_metrics
 
 MODEL_NAMES = ("audio", "video")
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from emotrain.errors import UserError
-from emotrain.predictions import Predictions, load_classes, load_predictions
+from emotrain.rundir import RunDir
+from emotrain.evaluation.predictions import Predictions, load_classes, load_predictions
 
 SPLITS = ("val", "test")
 
@@ -32,9 +33,10 @@ def load_run(run_dir: str | Path) -> RunPredictions:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    pred_dir = run_dir / "predictions"
+    run = RunDir(run_dir)
+    pred_dir = run.predictions_dir
     classes = load_classes(pred_dir)
-    splits = {split: load_predictions(pred_dir / f"{split}.npz") for split in SPLITS}
+    splits = {split: load_predictions(run.predictions(split)) for split in SPLITS}
     for split, preds in splits.items():
         if preds.num_classes != len(classes):
             raise UserError(

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from emotrain.data.media import resize_frames
+from emotrain.config import path_field
 from emotrain.errors import UserError
 from emotrain.models.cpu_convs import use_float32_cpu_convs
 
@@ -41,7 +42,7 @@ class EncoderSpec:
     feature encoder; None = frozen when pretrained.
     """
 
-    pretrained: str | None = None
+    pretrained: str | None = path_field("name_or_path", default=None)
     config: dict[str, Any] = field(default_factory=dict)
     freeze: bool = False
     freeze_layers: int | None = None

@@ -1,0 +1,198 @@
+"""``emotrain demo``: the whole job on a synthetic corpus, end to end, with one command.
+
+synthesise an AvaMERG-layout corpus -> pack it into shards -> train model A (audio+text) and
+model B (video+text), each on several ranks with DeepSpeed ZeRO-2 in bf16 -> evaluate both on
+val and test (every rank, each turn once) -> calibrate and late-fuse -> one results table.
+
+Every setting lives in the packaged ``configs/demo/`` (``demo.yaml`` plus the two training configs
+it names); nothing here picks a number. Everything it writes goes under ``--workdir`` (default
+``runs/demo`` in the working directory), so it runs from any folder. Ranks: one per GPU when there
+are GPUs, else ``processes`` CPU ranks. Stages that already finished are not redone: the corpus is kept,
+packing keeps verified shards, training resumes from its checkpoints (a finished run
+returns at once), so an interrupted demo continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from emotrain.config import load_config, path_field
+from emotrain.data.pack import PackOptions, pack
+from emotrain.data.splits import SplitRecipe
+from emotrain.data.synthetic import SynthSpec, generate_corpus
+from emotrain.errors import UserError
+from emotrain.fusion.outputs import render_markdown, write_outputs
+from emotrain.fusion.pipeline import FusionConfig, fuse_runs
+from emotrain.fusion.runs import load_run
+from emotrain.labels import load_scheme
+from emotrain.rundir import RunDir
+
+DEFAULT_CONFIG = "demo/demo"
+MODELS = ("audio_text", "video_text")
+TABLE_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"), ("ece", "ECE"))
+
+
+@dataclass
+class CorpusSettings:
+    conversations: int = 600
+    seed: int = 0
+    workers: int = 2
+    spec: SynthSpec = field(default_factory=SynthSpec)
+
+
+@dataclass
+class PackSettings:
+    labels: str = "ekman7"
+    val_frac: float = 0.2
+    test_frac: float = 0.2
+    max_per_shard: int = 16
+    workers: int = 2
+
+
+@dataclass
+class DemoConfig:
+    """What ``configs/demo/demo.yaml`` holds; config paths in it are relative to that file."""
+
+    corpus: CorpusSettings = field(default_factory=CorpusSettings)
+    pack: PackSettings = field(default_factory=PackSettings)
+    processes: int = 2
+    train_configs: dict[str, str] = path_field("config", default_factory=dict)
+    train_overrides: list[str] = field(default_factory=list)
+    model_overrides: dict[str, list[str]] = field(default_factory=dict)
+    fusion: str = path_field("config", default="fusion/default")
+
+    def validate(self) -> None:
+        if self.processes < 1:
+            raise ValueError("processes must be >= 1")
+        if sorted(self.train_configs) != sorted(MODELS):
+            raise ValueError(f"train_configs must name exactly {', '.join(MODELS)}")
+        if not set(self.model_overrides) <= set(MODELS):
+            raise ValueError(f"model_overrides may only name {', '.join(MODELS)}")
+        if self.corpus.conversations < 20:
+            raise ValueError("corpus.conversations must be >= 20 so val and test are not empty")
+
+
+def _say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def ranks_for(cfg: DemoConfig) -> int:
+    """One rank per GPU when there are GPUs, else the configured number of CPU ranks."""
+    return torch.cuda.device_count() or cfg.processes
+
+
+def _child_env(nproc: int) -> dict[str, str]:
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def launch(nproc: int, args: list[str]) -> None:
+    """``torchrun --standalone`` over ``emotrain <args>``; a failed rank stops the demo."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "emotrain.cli", *args]
+    proc = subprocess.run(cmd, env=_child_env(nproc))
+    if proc.returncode != 0:
+        raise UserError(f"step failed (exit {proc.returncode}): {' '.join(cmd)}")
+
+
+def make_corpus(cfg: DemoConfig, corpus_dir: Path) -> None:
+    if (corpus_dir / "train.json").is_file():
+        _say(f"corpus: keeping {corpus_dir}")
+        return
+    _say(f"corpus: synthesising {cfg.corpus.conversations} conversations (seed {cfg.corpus.seed})")
+    generate_corpus(corpus_dir, cfg.corpus.conversations, cfg.corpus.seed, cfg.corpus.spec, workers=cfg.corpus.workers,
+                    progress=True)
+
+
+def make_shards(cfg: DemoConfig, corpus_dir: Path, shards_dir: Path) -> None:
+    _say(f"pack: {corpus_dir} -> {shards_dir}")
+    manifests = pack(PackOptions(
+        source=corpus_dir, out=shards_dir, scheme=load_scheme(cfg.pack.labels),
+        recipe=SplitRecipe(cfg.pack.val_frac, cfg.pack.test_frac, seed=cfg.corpus.seed),
+        workers=cfg.pack.workers, max_per_shard=cfg.pack.max_per_shard, progress=True,
+    ))
+    for split, manifest in manifests.items():
+        _say(f"  {split}: {manifest.conversations} conversations, {manifest.labelled_turns} labelled turns")
+
+
+def train_model(cfg: DemoConfig, model: str, shards_dir: Path, run_dir: Path, nproc: int) -> None:
+    overrides = [f"data.shards={shards_dir}", *cfg.train_overrides, *cfg.model_overrides.get(model, [])]
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    _say(f"train {model}: {nproc} rank(s) -> {run_dir}")
+    launch(nproc, ["train", cfg.train_configs[model], "--run-dir", str(run_dir), *sets])
+
+
+def evaluate(runs: dict[str, Path], nproc: int) -> None:
+    """Both models on val and test in one launch (start-up is a large share of it on a CPU)."""
+    _say(f"evaluate {' and '.join(runs)} on val and test")
+    launch(nproc, ["evaluate", *(str(run_dir) for run_dir in runs.values()), "--split", "val", "test"])
+
+
+def fuse(cfg: DemoConfig, runs: dict[str, Path], report_dir: Path) -> str:
+    _say("fuse: calibrate on val, pick a strategy on val, report on test")
+    config = load_config(FusionConfig, cfg.fusion)
+    result = fuse_runs(load_run(runs["audio_text"]), load_run(runs["video_text"]), config)
+    write_outputs(result, config, runs["audio_text"], runs["video_text"], report_dir, report_dir / "tensorboard")
+    return render_markdown(result, runs["audio_text"], runs["video_text"])
+
+
+def results_table(fusion_json: Path) -> str:
+    """Each model and each fusion strategy on test: the four headline metrics."""
+    summary = json.loads(fusion_json.read_text(encoding="utf-8"))
+    rows = summary["test"]
+    width = max(len(name) for name in rows) + 2
+    header = "system".ljust(width) + "".join(f"{label:>13}" for _, label in TABLE_METRICS)
+    lines = [header, "-" * len(header)]
+    chosen = f"fusion: {summary['chosen']}"
+    for name, metrics in rows.items():
+        mark = " <- chosen on val" if name == chosen else ""
+        lines.append(name.ljust(width) + "".join(f"{metrics[key]:>13.3f}" for key, _ in TABLE_METRICS) + mark)
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="demo config: a YAML file or a packaged name (default: %(default)s)")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/demo"),
+                        help="where the corpus, shards, runs and fusion report go (default: %(default)s)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a demo setting, e.g. --set corpus.conversations=200 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(DemoConfig, args.config, args.overrides)
+    start = time.perf_counter()
+    work = args.workdir.absolute()
+    corpus_dir, shards_dir, report_dir = work / "corpus", work / "shards" / "demo", work / "fusion"
+    runs = {model: work / "runs" / model for model in MODELS}
+    nproc = ranks_for(cfg)
+    make_corpus(cfg, corpus_dir)
+    make_shards(cfg, corpus_dir, shards_dir)
+    for model in MODELS:
+        train_model(cfg, model, shards_dir, runs[model], nproc)
+    evaluate(runs, nproc)
+    fuse(cfg, runs, report_dir)
+    minutes = (time.perf_counter() - start) / 60
+    print()
+    print("Results on the synthetic test split (synthetic data: a check that everything learns, not a benchmark)")
+    print(results_table(report_dir / "fusion.json"))
+    print()
+    print(f"wall time: {minutes:.1f} min on {nproc} {'GPU' if torch.cuda.is_available() else 'CPU'} rank(s)")
+    print(f"fusion report and plots: {report_dir}  (fusion.md, fusion.png, report.json)")
+    for model in MODELS:
+        print(f"{model}: checkpoints {RunDir(runs[model]).checkpoints}, evaluation {runs[model] / 'eval'}")
+    print(f"TensorBoard: tensorboard --logdir {work}")
+    return 0

@@ -1,0 +1,54 @@
+"""``emotrain pack --avamerg DIR --out shards/NAME``: an AvaMERG folder into WebDataset shards + manifests."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from emotrain.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--avamerg", type=Path, required=True, help="AvaMERG folder (JSON + audio_v5_0/ + video_v5_0/)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. shards/NAME")
+    parser.add_argument("--labels", default="ekman7", help="label scheme: a YAML path or a packaged name (ekman7, ed32)")
+    parser.add_argument("--json", default="train.json", help="the labelled JSON inside --avamerg to carve splits from")
+    parser.add_argument("--audio-dir", type=Path, help="wav folder (default: audio_v5_0/ if present, else --avamerg)")
+    parser.add_argument("--video-dir", type=Path, help="mp4 folder (default: video_v5_0/ if present, else --avamerg)")
+    parser.add_argument("--val-frac", type=float, default=0.1, help="share of conversations for val")
+    parser.add_argument("--test-frac", type=float, default=0.1, help="share of conversations for test")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the split assignment")
+    parser.add_argument("--speaker-independent", action="store_true", help="keep every avatar ID in one split only")
+    parser.add_argument("--workers", type=int, default=1, help="parallel shard writers")
+    parser.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MiB of media")
+    parser.add_argument("--max-per-shard", type=int, default=1000, help="at most this many conversations per shard")
+    parser.add_argument("--max-clip-mb", type=float, default=64.0, help="a larger clip is recorded as missing")
+    parser.add_argument("--max-skip-frac", type=float, default=0.2, help="fail when more conversations are skipped")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from emotrain.data.pack import PackOptions, pack
+    from emotrain.data.splits import SplitRecipe
+    from emotrain.labels import load_scheme
+
+    if args.workers < 1 or args.shard_mb <= 0 or args.max_per_shard < 1 or args.max_clip_mb <= 0:
+        raise UserError("--workers, --shard-mb, --max-per-shard and --max-clip-mb must be positive")
+    recipe = SplitRecipe(args.val_frac, args.test_frac, args.split_seed, args.speaker_independent)
+    try:
+        recipe.validate()
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    opts = PackOptions(
+        source=args.avamerg, out=args.out, scheme=load_scheme(args.labels), recipe=recipe, json_name=args.json,
+        audio_dir=args.audio_dir, video_dir=args.video_dir, workers=args.workers, shard_mb=args.shard_mb,
+        max_per_shard=args.max_per_shard, max_clip_mb=args.max_clip_mb, max_skip_frac=args.max_skip_frac,
+        progress=not args.no_progress,
+    )
+    manifests = pack(opts)
+    for split, m in manifests.items():
+        print(
+            f"{split:>5}: {m.conversations} conversations, {m.labelled_turns} labelled turns, "
+            f"{m.clips} clips, {len(m.shards)} shards, {len(m.skipped)} skipped -> {args.out / split}"
+        )
+    return 0

@@ -1,0 +1,43 @@
+"""``emotrain export RUN``: a run's trained weights as one plain ``model.safetensors`` + ``config.yaml``.
+
+DeepSpeed checkpoints are sharded per rank and need DeepSpeed to read; the export loads on one
+process with plain torch (``model.load_state_dict(safetensors.torch.load_file(...))``), for
+evaluation, the demo, or starting a new run on another world size.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from emotrain.errors import UserError
+from emotrain.rundir import RunDir
+from emotrain.training.checkpoint import COMPLETE, fp32_state_dict, latest_complete_tag
+
+WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
+
+
+def export_weights(run_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
+    """Write ``out_dir/model.safetensors`` (fp32) and a copy of the run's ``config.yaml``; return the weights path."""
+    from safetensors.torch import save_file
+
+    run, out_dir = RunDir(run_dir).require(), Path(out_dir)
+    config = run.config_path
+    ckpts = run.checkpoints
+    tag = tag or latest_complete_tag(ckpts)
+    if tag is None:
+        raise UserError(f"no complete checkpoint under {ckpts}")
+    if not (ckpts / tag / COMPLETE).is_file():
+        raise UserError(f"{ckpts / tag} is not a complete checkpoint")
+    weights = fp32_state_dict(run.root, tag)
+    seen: set[int] = set()
+    for name, tensor in weights.items():  # safetensors refuses tensors sharing memory (tied weights)
+        if tensor.data_ptr() in seen:
+            weights[name] = tensor.clone()
+        seen.add(tensor.data_ptr())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / WEIGHTS
+    save_file({name: t.contiguous() for name, t in weights.items()}, str(target), metadata={"checkpoint": tag})
+    if config.resolve() != (out_dir / CONFIG).resolve():
+        shutil.copyfile(config, out_dir / CONFIG)
+    return target

@@ -1,0 +1,57 @@
+"""A trained run back as a plain model on one process: config + checkpoint weights, no DeepSpeed engine.
+
+Evaluation and export read runs this way; the weights come from DeepSpeed's own
+``zero_to_fp32`` reader (see :func:`emotrain.training.checkpoint.fp32_state_dict`), so any ZeRO stage and
+any world size at training time load the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from emotrain.data.manifest import Manifest
+from emotrain.data.schema import meta_vocab_sizes
+from emotrain.data.stream import Modalities
+from emotrain.errors import UserError
+from emotrain.models import build_model
+from emotrain.rundir import RunDir
+from emotrain.training.checkpoint import fp32_state_dict, latest_complete_tag, step_of
+from emotrain.training.run_config import RunConfig
+
+
+@dataclass
+class TrainedModel:
+    model: torch.nn.Module
+    config: RunConfig
+    classes: list[str]
+    tag: str
+    step: int
+
+    @property
+    def modalities(self) -> Modalities:
+        return Modalities(audio=self.config.model.needs_audio, video=self.config.model.needs_video)
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.config.eval_batch_size
+
+    @property
+    def bf16(self) -> bool:
+        return self.config.train.bf16
+
+
+def load_trained_model(run_dir: str | Path, tag: str | None, device: torch.device) -> TrainedModel:
+    """The run's model with the checkpoint's weights (every key must match), in eval mode on ``device``."""
+    run = RunDir(run_dir).require()
+    cfg = run.read_config()
+    tag = tag or latest_complete_tag(run.checkpoints)
+    if tag is None:
+        raise UserError(f"no complete checkpoint under {run.checkpoints}: train first")
+    manifest = Manifest.load(cfg.data.shards, "train")
+    classes = manifest.classes
+    model = build_model(cfg.model, len(classes), meta_vocab_sizes(manifest.vocab), load_weights=False)
+    model.load_state_dict(fp32_state_dict(run.root, tag), strict=True)
+    return TrainedModel(model.to(device).eval(), cfg, classes, tag, step_of(tag) or 0)

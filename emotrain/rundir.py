@@ -1,0 +1,162 @@
+"""The run directory: every path a run holds, and the reading and writing of its status and config.
+
+One training run owns one folder; training, evaluation, export, fusion, the SLURM script and the
+submitit job all find their files through :class:`RunDir`, so the layout is spelled out here only::
+
+    RUN/config.yaml              the resolved run config (self-contained: every path absolute)
+    RUN/status.json              how the last launch ended (:class:`RunStatus`)
+    RUN/versions.json            git revision and package versions of the last launch
+    RUN/deepspeed.json           the DeepSpeed config the last launch used
+    RUN/checkpoints/stepNNNNNNNN DeepSpeed tags (emotrain.training.checkpoint owns their insides)
+    RUN/tb/                      TensorBoard events (training and evaluation)
+    RUN/predictions/<split>.npz  scored turns for fusion, + classes.json
+    RUN/eval/<split>/            report.json and plots
+    RUN/export/                  model.safetensors + config.yaml (emotrain export)
+
+``python -m emotrain.rundir status RUN`` prints the status word (or ``unknown``): the one entry
+point shell scripts use instead of parsing the JSON themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from emotrain.errors import UserError
+
+if TYPE_CHECKING:
+    from emotrain.training.run_config import RunConfig
+
+COMPLETED, PREEMPTED, NONFINITE = "completed", "preempted", "nonfinite"
+
+
+@dataclass
+class RunStatus:
+    """What ``status.json`` says: how the last launch of this run ended."""
+
+    status: str  # completed | preempted | nonfinite
+    step: int
+    total_steps: int
+    resumed_from: int | None = None
+    world_size: int = 1
+    num_nodes: int = 1
+    launcher: str = "unknown"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunStatus:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write-then-rename: a reader (or a kill) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run's folder; creating the object touches nothing on disk."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def status_path(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def versions_path(self) -> Path:
+        return self.root / "versions.json"
+
+    @property
+    def deepspeed_path(self) -> Path:
+        return self.root / "deepspeed.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / "predictions"
+
+    def predictions(self, split: str) -> Path:
+        return self.predictions_dir / f"{split}.npz"
+
+    def eval_dir(self, split: str) -> Path:
+        return self.root / "eval" / split
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+    def is_run(self) -> bool:
+        return self.config_path.is_file()
+
+    def require(self) -> RunDir:
+        """This object, or a one-line error when the folder holds no run."""
+        if not self.is_run():
+            raise UserError(f"{self.root} is not a run directory: {self.config_path.name} is missing")
+        return self
+
+    def write_config(self, cfg: RunConfig) -> None:
+        from emotrain.config import to_dict
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    def read_config(self) -> RunConfig:
+        from emotrain.training.run_config import load_run_config
+
+        return load_run_config(self.require().config_path)
+
+    def write_status(self, status: RunStatus) -> None:
+        _write_atomic(self.status_path, json.dumps(asdict(status), indent=2) + "\n")
+
+    def read_status(self) -> RunStatus | None:
+        """The last launch's status; None when no launch has finished (or the file is unreadable)."""
+        try:
+            return RunStatus.from_dict(json.loads(self.status_path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write_json(self, path: Path, data: Any) -> None:
+        """A JSON file of this run (versions, DeepSpeed config), written atomically."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m emotrain.rundir status RUN``: print the status word, ``unknown`` if there is none."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] != "status":
+        print("usage: python -m emotrain.rundir status RUN_DIR", file=sys.stderr)
+        return 2
+    status = RunDir(args[1]).read_status()
+    print(status.status if status else "unknown")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

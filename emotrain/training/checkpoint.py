@@ -1,0 +1,162 @@
+"""Atomic DeepSpeed checkpoints under ``RUN/checkpoints/``, resume, pruning, and weights for export.
+
+Layout: ``RUN/checkpoints/step00000120/`` is one DeepSpeed tag (every rank's model and optimizer
+shards) plus ``rng_rank00000.pt``... (each rank's generator states) and a ``complete`` marker. The
+marker is written by rank 0 only after a barrier that every rank reaches once its own files are
+closed, and ``latest`` (DeepSpeed's own pointer, so ``zero_to_fp32.py`` works unchanged) is replaced
+atomically afterwards. A kill at any moment therefore leaves either the previous complete checkpoint
+or the new one as the newest complete tag, never a half one (DeepSpeed's own ``latest`` can name a
+tag whose other ranks were still writing when the job was killed). Resume takes the newest tag
+that has the marker; rank 0 decides and broadcasts, so every rank loads the same tag.
+
+The checkpoint folder must be on a file system every node sees (rank 0 checks all ranks' files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from emotrain.rundir import RunDir
+from emotrain.training import distributed as dist
+from emotrain.training.rng import capture_rng_state, restore_rng_state
+
+COMPLETE = "complete"
+LATEST = "latest"
+_TAG = re.compile(r"step(\d{8,})")
+
+
+@dataclass
+class ResumeState:
+    """Where training stands: optimizer steps done and micro-batches each rank drew from its loader.
+
+    A loader recreated from ``micro_batches`` (or, with a per-step seeded loader, from ``step``)
+    continues where the interrupted run stopped. ``micro_batches`` exceeds ``step x accumulation``
+    when non-finite micro-batches were skipped.
+    """
+
+    step: int = 0
+    micro_batches: int = 0
+    nonfinite: int = 0
+    world_size: int = 1
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return RunDir(run_dir).checkpoints
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def step_of(tag: str) -> int | None:
+    match = _TAG.fullmatch(tag)
+    return int(match.group(1)) if match else None
+
+
+def _rng_file(tag_dir: Path, rank: int) -> Path:
+    return tag_dir / f"rng_rank{rank:05d}.pt"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Tags with a ``complete`` marker, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(step, entry.name) for entry in ckpt_dir.iterdir()
+             if (step := step_of(entry.name)) is not None and (entry / COMPLETE).is_file()]
+    return [name for _, name in sorted(found)]
+
+
+def latest_complete_tag(ckpt_dir: Path) -> str | None:
+    tags = complete_tags(ckpt_dir)
+    return tags[-1] if tags else None
+
+
+def prune(ckpt_dir: Path, keep: int) -> None:
+    """Keep the newest ``keep`` complete tags; drop older ones and incomplete tags older than the newest."""
+    tags = complete_tags(ckpt_dir)
+    if not tags:
+        return
+    newest = step_of(tags[-1])
+    doomed = set(tags[:-keep])
+    for entry in ckpt_dir.iterdir():
+        step = step_of(entry.name)
+        if step is not None and (entry.name in doomed or (step < newest and entry.name not in tags)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def save(engine, run_dir: str | Path, state: ResumeState, env: dist.DistEnv, keep: int) -> Path:
+    """Collective: every rank writes its part of tag ``step{N}``; rank 0 then marks it complete."""
+    ckpt_dir = checkpoint_dir(run_dir)
+    tag = tag_for(state.step)
+    state.world_size = env.world_size
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"emotrain": asdict(state)}, save_latest=False)
+    tag_dir = ckpt_dir / tag
+    torch.save(capture_rng_state(), _rng_file(tag_dir, env.rank))
+    dist.barrier()
+    if env.is_main:
+        missing = [r for r in range(env.world_size) if not _rng_file(tag_dir, r).is_file()]
+        if missing:
+            raise RuntimeError(f"{tag_dir}: ranks {missing} wrote no files; is {ckpt_dir} on a shared file system?")
+        _atomic_write(tag_dir / COMPLETE, json.dumps(asdict(state)) + "\n")
+        _atomic_write(ckpt_dir / LATEST, tag)
+        prune(ckpt_dir, keep)
+    dist.barrier()
+    return tag_dir
+
+
+def resume(engine, run_dir: str | Path, env: dist.DistEnv) -> ResumeState | None:
+    """Collective: load the newest complete checkpoint into ``engine`` and this rank's RNG; None if none."""
+    ckpt_dir = checkpoint_dir(run_dir)
+    tag = dist.broadcast_from_main(latest_complete_tag(ckpt_dir) if env.is_main else None)
+    if tag is None:
+        return None
+    state = ResumeState(**json.loads((ckpt_dir / tag / COMPLETE).read_text(encoding="utf-8")))
+    if state.world_size != env.world_size:
+        raise RuntimeError(
+            f"{ckpt_dir / tag} was written by {state.world_size} ranks, this run has {env.world_size}: "
+            "ZeRO shards do not re-split; export the weights (emotrain export) and start a new run from them"
+        )
+    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load {ckpt_dir / tag}")
+    restore_rng_state(torch.load(_rng_file(ckpt_dir / tag, env.rank), weights_only=True))
+    return state
+
+
+def fp32_state_dict(run_dir: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:
+    """Full fp32 weights from a checkpoint, on one process, without starting a DeepSpeed engine.
+
+    ZeRO-2/3 checkpoints go through DeepSpeed's own ``zero_to_fp32`` reader (the fp32 master weights;
+    under ZeRO-3 nothing else holds them). Stage 0/1 checkpoints hold the whole module in one file and
+    are read from it: with bf16 these are the bf16 weights the forward pass used, upcast, because
+    DeepSpeed's bf16 stage-0/1 optimizers store their fp32 copies in a layout ``zero_to_fp32`` cannot read.
+    """
+    ckpt_dir = checkpoint_dir(run_dir)
+    tag = tag or latest_complete_tag(ckpt_dir)
+    if tag is None:
+        raise FileNotFoundError(f"no complete checkpoint under {ckpt_dir}")
+    module_file = ckpt_dir / tag / "mp_rank_00_model_states.pt"  # ZeRO-3 writes one per rank instead
+    states = torch.load(module_file, map_location="cpu", weights_only=True, mmap=True) if module_file.is_file() else None
+    if states is None or states["ds_config"].get("zero_optimization", {}).get("stage", 0) >= 2:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    else:
+        weights = states["module"]
+    return {name: t.float() if t.is_floating_point() else t for name, t in weights.items()}

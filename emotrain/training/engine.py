@@ -1,0 +1,223 @@
+"""One training loop for every model: DeepSpeed ZeRO (bf16), checkpoints, resume, preemption.
+
+The caller builds the model (same seed on every rank; DeepSpeed also broadcasts rank 0's weights),
+a loss ``loss_fn(logits, labels)`` and a loader factory ``batches_from(resume_state)``, then calls
+:func:`fit`. A batch is the dict of the batch contract; the model receives only
+:func:`emotrain.models.inputs.model_inputs` of it, so neither the label nor the keys reach it.
+
+Stopping: the run ends when ``cfg.total_steps`` optimizer steps are done (``completed``), when
+SIGTERM or SIGUSR1 reached any rank (``preempted``: all ranks agree at the next step, save, and
+return), or after ``cfg.max_consecutive_nonfinite`` non-finite losses in a row (``nonfinite``).
+A checkpoint is written in every case. :data:`EXIT_CODES` is what ``launch/train.py`` should exit
+with: 0 for completed and preempted (a requeued job resumes from the checkpoint), 3 for nonfinite.
+The stop reasons are the words of the run's ``status.json`` (:mod:`emotrain.rundir`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emotrain.training import checkpoint
+from emotrain.training.checkpoint import ResumeState
+from emotrain.training.distributed import DistEnv, init_distributed, read_accelerate_settings, sum_over_ranks
+from emotrain.training.deepspeed_config import TrainConfig, deepspeed_config
+from emotrain.models.inputs import model_inputs
+from emotrain.rundir import COMPLETED, NONFINITE, PREEMPTED
+from emotrain.training.optim import build_optimizer
+from emotrain.training.preemption import StopRequest
+from emotrain.training.rng import seed_all
+from emotrain.training.runlog import RunLog, write_run_metadata
+
+EXIT_CODES = {COMPLETED: 0, PREEMPTED: 0, NONFINITE: 3}
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Predict = Callable[[Mapping[str, Any]], torch.Tensor]
+EvaluateFn = Callable[[Predict, int], Mapping[str, float]]
+
+
+@dataclass
+class TrainResult:
+    step: int
+    samples_seen: int
+    stop_reason: str
+    resumed_from: int | None
+    checkpoint: Path | None
+    nonfinite: int
+    losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss over ranks), this process only
+    evaluations: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.stop_reason]
+
+
+class _Window:
+    """Sums between two log points: loss, step time, time spent waiting for data."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.steps = 0
+        self.loss = 0.0
+        self.data_wait = 0.0
+
+    def add_step(self, loss: float) -> None:
+        self.steps += 1
+        self.loss += loss
+
+    def report(self, samples_per_step: int) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {
+            "train/loss": self.loss / max(self.steps, 1),
+            "train/samples_per_s": self.steps * samples_per_step / elapsed,
+            "train/data_wait_share": self.data_wait / elapsed,
+        }
+
+
+def _due(step: int, every: int, total_steps: int) -> bool:
+    """Periodic work at every ``every`` steps and at the last step; never when ``every`` is 0."""
+    return every > 0 and (step % every == 0 or step == total_steps)
+
+
+def _forward_loss(engine, loss_fn: LossFn, batch: Mapping[str, Any], device: torch.device, float_dtype: torch.dtype) -> torch.Tensor:
+    """fp32 loss of one micro-batch."""
+    return loss_fn(engine(model_inputs(batch, device, float_dtype)).float(), batch["labels"].to(device))
+
+
+def _log_scalars(engine, optimizer, window: _Window, cfg: TrainConfig, state: ResumeState,
+                 data_stats: Callable[[], Mapping[str, int]] | None, device: torch.device) -> dict[str, float]:
+    """Collective when ``data_stats`` is given (loader counters are summed over ranks)."""
+    values = window.report(cfg.global_batch_size)
+    for group in optimizer.param_groups:
+        if group["name"] in ("head", "encoder"):
+            values["train/lr" if group["name"] == "head" else "train/lr_encoder"] = group["lr"]
+    grad_norm = engine.get_global_grad_norm()
+    if grad_norm is not None:
+        values["train/grad_norm"] = float(grad_norm)
+    values["train/nonfinite_steps"] = float(state.nonfinite)
+    if data_stats is not None:
+        stats = dict(sorted(data_stats().items()))
+        values.update({f"train/{k}": v for k, v in zip(stats, sum_over_ranks(list(stats.values()), device))})
+    return values
+
+
+def _evaluate(engine, evaluate_fn: EvaluateFn, step: int, device: torch.device, float_dtype: torch.dtype) -> dict[str, float]:
+    def predict(batch: Mapping[str, Any]) -> torch.Tensor:
+        return engine(model_inputs(batch, device, float_dtype)).float()
+
+    engine.eval()
+    with torch.no_grad():
+        metrics = dict(evaluate_fn(predict, step))
+    engine.train()
+    return metrics
+
+
+def build_engine(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv):
+    """DeepSpeed engine around ``model`` with AdamW + warmup-cosine; returns (engine, AdamW, DeepSpeed config).
+
+    Needs :func:`emotrain.training.distributed.init_distributed` first. Honours ``accelerate launch`` settings.
+    """
+    import deepspeed
+
+    ds_config = deepspeed_config(cfg, env.world_size, read_accelerate_settings())
+    optimizer, schedule = build_optimizer(model, lr=cfg.lr, encoder_lr=cfg.encoder_lr, weight_decay=cfg.weight_decay,
+                                          warmup_steps=cfg.warmup_steps, total_steps=cfg.total_steps, min_lr_ratio=cfg.min_lr_ratio)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+    return engine, optimizer, ds_config
+
+
+def fit(
+    model: torch.nn.Module,
+    loss_fn: LossFn,
+    batches_from: Callable[[ResumeState], Iterable[Mapping[str, Any]]],
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    env: DistEnv,
+    evaluate_fn: EvaluateFn | None = None,
+    data_stats: Callable[[], Mapping[str, int]] | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``cfg.total_steps`` optimizer steps, resuming from ``run_dir`` if it holds a checkpoint.
+
+    Collective: every rank calls it with the same config. ``batches_from(state)`` must return an
+    endless iterable of micro-batches of ``cfg.micro_batch_size`` for this rank, positioned after
+    ``state.micro_batches`` micro-batches. ``evaluate_fn(predict, step)`` runs on every rank every
+    ``cfg.eval_every_steps`` steps; ``predict(batch)`` returns fp32 logits.
+    """
+    run_dir = Path(run_dir)
+    device = init_distributed(env)
+    seed_all(cfg.seed, env.rank)
+    engine, optimizer, ds_config = build_engine(model, cfg, env)
+    accumulation = ds_config["gradient_accumulation_steps"]
+    float_dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
+    state = checkpoint.resume(engine, run_dir, env)
+    result = TrainResult(step=0, samples_seen=0, stop_reason=COMPLETED, resumed_from=state.step if state else None,
+                         checkpoint=checkpoint.checkpoint_dir(run_dir) / checkpoint.tag_for(state.step) if state else None,
+                         nonfinite=0)
+    state = state or ResumeState(world_size=env.world_size)
+    saved_step = result.resumed_from
+    if env.is_main:
+        write_run_metadata(run_dir, ds_config)
+    log = RunLog(run_dir, env.is_main, state.step, cfg.total_steps)
+    batches = iter(batches_from(state))
+    window, consecutive_bad, micro_in_step, step_loss = _Window(), 0, 0, 0.0
+    engine.train()
+
+    with StopRequest() as stop:
+        while state.step < cfg.total_steps:
+            tick = time.perf_counter()
+            batch = next(batches)
+            window.data_wait += time.perf_counter() - tick
+            state.micro_batches += 1
+            loss = _forward_loss(engine, loss_fn, batch, device, float_dtype)
+            finite = bool(torch.isfinite(loss))
+            # One collective per micro-batch: ranks agree on skipping (keeps DeepSpeed's counters in step) and stopping.
+            loss_sum, bad_ranks, stop_votes = sum_over_ranks([loss.item() if finite else 0.0, not finite, stop.requested], device)
+            if bad_ranks:
+                state.nonfinite += 1
+                consecutive_bad += 1
+                log.message(f"step {state.step + 1}: non-finite loss on {int(bad_ranks)} rank(s), micro-batch skipped")
+                if consecutive_bad >= cfg.max_consecutive_nonfinite:
+                    result.stop_reason = NONFINITE
+                    break
+                continue
+            consecutive_bad = 0
+            engine.backward(loss)  # DeepSpeed scales by 1/accumulation itself: the loss is not divided again
+            engine.step()  # an optimizer step only at the accumulation boundary
+            step_loss += loss_sum / env.world_size / accumulation
+            micro_in_step += 1
+            if micro_in_step < accumulation:
+                continue
+            state.step += 1
+            window.add_step(step_loss)
+            result.losses.append((state.step, step_loss))
+            log.advance(step_loss)
+            micro_in_step, step_loss = 0, 0.0
+            if _due(state.step, cfg.log_every_steps, cfg.total_steps):  # every rank: data stats are summed over ranks
+                log.scalars(state.step, _log_scalars(engine, optimizer, window, cfg, state, data_stats, device))
+                window = _Window()
+            if evaluate_fn is not None and _due(state.step, cfg.eval_every_steps, cfg.total_steps):
+                result.evaluations[state.step] = _evaluate(engine, evaluate_fn, state.step, device, float_dtype)
+                log.scalars(state.step, result.evaluations[state.step])
+            if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+                result.checkpoint, saved_step = checkpoint.save(engine, run_dir, state, env, cfg.keep_checkpoints), state.step
+            if stop_votes and state.step < cfg.total_steps:
+                result.stop_reason = PREEMPTED
+                break
+        if saved_step != state.step:  # still inside: a second SIGTERM must not kill the final save
+            result.checkpoint = checkpoint.save(engine, run_dir, state, env, cfg.keep_checkpoints)
+
+    if result.stop_reason == NONFINITE and env.is_main:
+        print(f"emotrain: stopped at step {state.step}: {cfg.max_consecutive_nonfinite} non-finite losses in a row "
+              f"(check the learning rate and inputs); checkpoint {result.checkpoint}", file=sys.stderr)
+    elif result.stop_reason == PREEMPTED:
+        log.message(f"stop signal received: checkpoint at step {state.step}, exiting for requeue")
+    log.close()
+    result.step, result.nonfinite = state.step, state.nonfinite
+    result.samples_seen = state.micro_batches * cfg.micro_batch_size * env.world_size
+    return result

@@ -1,0 +1,111 @@
+"""One training run wired together: shards -> loader, config -> model and loss, periodic validation.
+
+Every launcher ends up here on every rank (``emotrain train`` in one process, ``launch/train.py``
+under torchrun, accelerate, deepspeed, srun or submitit): the distributed environment is read in
+:mod:`emotrain.training.distributed`, the loop is :func:`emotrain.training.engine.fit`. What the run
+directory holds besides checkpoints (:class:`emotrain.rundir.RunDir`):
+
+- ``config.yaml``: the resolved config, every path absolute and the precision actually used
+  recorded, so evaluate and export read it from any directory;
+- ``status.json``: :class:`emotrain.rundir.RunStatus`, written at the end of every launch; a SLURM
+  batch script requeues when it says ``preempted``;
+- ``versions.json``, ``deepspeed.json`` and TensorBoard events under ``tb/`` (from the engine).
+
+Data position on resume: the shard stream restarts at the epoch after the one the checkpoint
+was in (each epoch is a fresh seeded permutation), so no sample of the interrupted epoch's
+remainder is replayed out of order; the rest of that epoch is skipped, not repeated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emotrain.data.manifest import Manifest
+from emotrain.data.schema import meta_vocab_sizes
+from emotrain.data.stream import SKIP_KINDS, Modalities, build_loader
+from emotrain.data.text import load_tokenizer
+from emotrain.errors import UserError
+from emotrain.evaluation.scoring import PeriodicValidation
+from emotrain.models import build_model
+from emotrain.rundir import RunDir, RunStatus
+from emotrain.training import distributed as dist
+from emotrain.training.checkpoint import ResumeState
+from emotrain.training.deepspeed_config import use_bf16
+from emotrain.training.engine import fit
+from emotrain.training.losses import build_loss
+from emotrain.training.run_config import RunConfig
+
+
+def check_tokenizer(cfg: RunConfig) -> None:
+    """A from-config BERT must have an embedding row for every id the tokenizer can emit."""
+    vocab_size = (cfg.model.text.config or {}).get("vocab_size") if cfg.model.text.pretrained is None else None
+    if vocab_size is not None:
+        size = len(load_tokenizer(cfg.data.text.tokenizer))
+        if size > vocab_size:
+            raise UserError(f"tokenizer {cfg.data.text.tokenizer} has {size} tokens but model.text.config.vocab_size "
+                            f"is {vocab_size}: set it to at least {size}")
+
+
+def start_epoch(state: ResumeState, micro_batch_size: int, turns_per_rank: float) -> int:
+    """The epoch to restart the shard stream at: the one after the checkpoint's (0 on a fresh run)."""
+    if state.micro_batches == 0:
+        return 0
+    return math.floor(state.micro_batches * micro_batch_size / max(turns_per_rank, 1.0)) + 1
+
+
+class TrainStream:
+    """The endless train loader for this rank, positioned for a resume, tallying skipped data."""
+
+    def __init__(self, cfg: RunConfig, modalities: Modalities, env: dist.DistEnv, manifest: Manifest):
+        self.cfg, self.modalities, self.env = cfg, modalities, env
+        self.turns_per_rank = manifest.labelled_turns / env.world_size
+        self.skipped: Counter[str] = Counter()
+
+    def __call__(self, state: ResumeState) -> Iterator[dict[str, Any]]:
+        epoch = start_epoch(state, self.cfg.train.micro_batch_size, self.turns_per_rank)
+        loader, _ = build_loader(self.cfg.data, "train", self.modalities, self.cfg.train.micro_batch_size, train=True,
+                                 rank=self.env.rank, world_size=self.env.world_size, start_epoch=epoch)
+        for batch in loader:
+            self.skipped.update(batch.pop("skipped"))
+            yield batch
+
+    def stats(self) -> dict[str, int]:
+        return {f"skipped_{kind}": self.skipped.get(kind, 0) for kind in SKIP_KINDS}
+
+
+def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
+    """Train on this rank; every rank calls it. Returns the process exit code."""
+    run = RunDir(run_dir)
+    manifest = Manifest.load(cfg.data.shards, "train")
+    if manifest.labelled_turns == 0:
+        raise UserError(f"{cfg.data.shards}/train holds no labelled turns")
+    check_tokenizer(cfg)
+    # Decided once (accelerate may ask for bf16) and recorded, so evaluation computes as training did.
+    cfg.train.bf16 = use_bf16(cfg.train, dist.read_accelerate_settings())
+    if env.is_main:
+        run.write_config(cfg)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
+    model = build_model(cfg.model, len(manifest.classes), meta_vocab_sizes(manifest.vocab))
+    loss_fn = build_loss(cfg.loss, manifest.class_counts())
+    modalities = Modalities(audio=cfg.model.needs_audio, video=cfg.model.needs_video)
+    stream = TrainStream(cfg, modalities, env, manifest)
+    validation = None
+    if Manifest.load(cfg.data.shards, "val").labelled_turns > 0:
+        validation = PeriodicValidation(cfg.data, modalities, cfg.eval_batch_size, env.rank, env.world_size,
+                                        dist.device_for(env), len(manifest.classes))
+    result = fit(model, loss_fn, stream, cfg.train, run.root, env, evaluate_fn=validation, data_stats=stream.stats)
+    if env.is_main:
+        run.write_status(RunStatus(status=result.stop_reason, step=result.step, total_steps=cfg.train.total_steps,
+                                   resumed_from=result.resumed_from, world_size=env.world_size,
+                                   num_nodes=env.num_nodes, launcher=env.launcher))
+        print(f"train: {result.stop_reason} at step {result.step}/{cfg.train.total_steps}"
+              + (f" (resumed from step {result.resumed_from})" if result.resumed_from else "")
+              + f"; checkpoint {result.checkpoint}")
+    dist.shutdown()
+    return result.exit_code
