@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from emotrain.config import ConfigError
+from emotrain.console import VERBOSE_ENV, quiet_libraries, set_verbose
 
 SUBCOMMANDS: dict[str, str] = {
     "synth": "write a small, learnable corpus in the real AvaMERG layout",
@@ -34,11 +35,17 @@ def _top_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=sorted(SUBCOMMANDS), metavar="COMMAND", help="one of the commands below")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help=f"show every library message too (same as {VERBOSE_ENV}=1; child processes inherit it)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-v", "--verbose"):
+        set_verbose()
+        argv = argv[1:]
+    quiet_libraries()  # before any library is imported: the filters must be in place when they speak
     top = _top_parser()
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()

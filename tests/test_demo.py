@@ -123,6 +123,18 @@ def test_the_results_table_and_where_things_are_are_printed(demo):
         assert str(work / "runs" / model / "checkpoints") in stdout
 
 
+# Library noise a user cannot act on; the warnings filters and quiet loggers live in emotrain.cli.
+NOISE = ("No CUDA runtime", "FutureWarning", "Processing zero checkpoint", "Reconstructed fp32 state dict",
+         "return func(*args, **kwargs)")
+
+
+def test_the_console_holds_no_library_noise(demo):
+    _, stdout, stderr = demo
+    console = stdout + stderr
+    for noise in NOISE:
+        assert noise not in console, (noise, console[max(0, console.find(noise) - 500):][:1500])
+
+
 def tensorboard_tags(log_dir: Path) -> set[str]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from emotrain.console import library_output
 from emotrain.rundir import RunDir
 from emotrain.training import distributed as dist
 from emotrain.training.rng import capture_rng_state, restore_rng_state
@@ -156,7 +157,8 @@ def fp32_state_dict(run_dir: str | Path, tag: str | None = None) -> dict[str, to
     if states is None or states["ds_config"].get("zero_optimization", {}).get("stage", 0) >= 2:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+        with library_output():  # it prints several lines per call, on every rank that loads
+            weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     else:
         weights = states["module"]
     return {name: t.float() if t.is_floating_point() else t for name, t in weights.items()}

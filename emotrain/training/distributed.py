@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from emotrain.console import library_output
+
 # Launcher names recorded in DistEnv.launcher.
 TORCHRUN, ACCELERATE, DEEPSPEED, ENV, SLURM, SUBMITIT, SINGLE = (
     "torchrun", "accelerate", "deepspeed", "env", "slurm", "submitit", "single",
@@ -335,7 +337,8 @@ def init_distributed(env: DistEnv) -> torch.device:
             torch.distributed.init_process_group(
                 backend, store=_bound_store(env), rank=env.rank, world_size=env.world_size, timeout=_INIT_TIMEOUT,
             )
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    with library_output():  # DeepSpeed prints "... built successfully" on every rank
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return device
 
 
