@@ -47,7 +47,6 @@ def test_library_output_lets_exceptions_through(clean_filters):
 
 
 def test_verbose_flag_is_inherited_by_child_processes(clean_filters, monkeypatch):
-    monkeypatch.setattr(console, "quiet_libraries", lambda: None)
     monkeypatch.setenv(console.VERBOSE_ENV, "0")  # so that teardown removes what --verbose sets
     assert not console.verbose()
     assert cli_main(["--verbose", "--help"]) == 0
