@@ -27,6 +27,7 @@ from emotrain.data.schema import META_FIELDS
 from emotrain.models import ModelConfig, build_model
 from emotrain.models.cpu_convs import use_float32_cpu_convs, use_plain_convs
 from emotrain.models.example_batch import example_batch
+from emotrain.models.inputs import model_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 7
@@ -38,7 +39,7 @@ def step_times(model: torch.nn.Module, batch: dict, runs: int, warmup: int, auto
         model.zero_grad(set_to_none=True)
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(batch)
+            logits = model(model_inputs(batch, torch.device("cpu")))
         torch.nn.functional.cross_entropy(logits.float(), batch["labels"]).backward()
         if i >= warmup:
             times.append(time.perf_counter() - start)

@@ -12,6 +12,7 @@ from emotrain.data.schema import META_FIELDS, meta_vocab_sizes
 from emotrain.errors import UserError
 from emotrain.models import EncoderSpec, ModelConfig, build_model
 from emotrain.models.example_batch import example_batch
+from emotrain.models.inputs import model_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"audio_text": ROOT / "configs/model/audio_text_tiny.yaml", "video_text": ROOT / "configs/model/video_text_tiny.yaml"}
@@ -138,7 +139,7 @@ def test_bf16_parameters_forward_backward(kind):
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
     torch.nn.functional.cross_entropy(logits.float(), batch["labels"]).backward()
     assert model.head.net[-1].weight.grad.dtype == torch.bfloat16
-    bf16_inputs = {k: v.bfloat16() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+    bf16_inputs = model_inputs(batch, torch.device("cpu"), torch.bfloat16)  # what the engine feeds a bf16 model
     assert torch.isfinite(model(bf16_inputs).float()).all()
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from emotrain.models import build_model
+from emotrain.models.inputs import model_inputs
 from test_models import META_SIZES, NUM_CLASSES, make_batch, tiny_config
 
 MAX_STEPS = 60
@@ -23,18 +24,19 @@ def _fit(kind: str, hide_media: bool) -> tuple[float, float, int]:
     if hide_media:
         batch["audio_present" if kind == "audio_text" else "video_present"][:] = False
     model = build_model(tiny_config(kind, ["dropout=0.0"]), NUM_CLASSES, META_SIZES)
+    inputs = model_inputs(batch, torch.device("cpu"))  # what training feeds the model: no labels, no keys
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
 
     def accuracy() -> float:
         model.eval()
         with torch.no_grad():
-            return (model(batch).argmax(-1) == batch["labels"]).float().mean().item()
+            return (model(inputs).argmax(-1) == batch["labels"]).float().mean().item()
 
     with torch.no_grad():
         start = accuracy()
     for step in range(1, MAX_STEPS + 1):
         model.train()
-        loss = torch.nn.functional.cross_entropy(model(batch), batch["labels"])
+        loss = torch.nn.functional.cross_entropy(model(inputs), batch["labels"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
