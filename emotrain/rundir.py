@@ -47,6 +47,10 @@ class RunStatus:
     world_size: int = 1
     num_nodes: int = 1
     launcher: str = "unknown"
+    best_step: int | None = None  # the step of the best checkpoint (checkpoints/best), if validation ran
+    best_metric: str | None = None
+    best_value: float | None = None
+    detail: str | None = None  # why it stopped, when that is not plain "all steps done" (early stopping)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunStatus:

@@ -48,8 +48,11 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
 def assert_trained(run_dir) -> None:
     status = json.loads((run_dir / "status.json").read_text())
     assert (status["status"], status["step"], status["total_steps"]) == ("completed", STEPS, STEPS)
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step")) == \
-        ["step00000020", "step00000030"]  # every 10 steps, keep the last 2
+    tags = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step"))
+    best = f"step{status['best_step']:08d}"  # validation at steps 15 and 30: the better one is kept as well
+    assert status["best_step"] in (15, 30) and status["best_metric"] == "val/macro_f1"
+    assert tags == sorted({"step00000020", "step00000030", best})  # every 10 steps, keep the last 2, and the best
+    assert (run_dir / "checkpoints" / "best").read_text() == best
     losses = [v for _, v in scalars(run_dir)["train/loss"]]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
     assert json.loads((run_dir / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 2
@@ -65,3 +68,11 @@ def test_other_launchers_train_model_b(launcher, shards, tmp_path):
         cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", port]
     run(cmd + train_args("video_text", shards, tmp_path))
     assert_trained(tmp_path)
+    if launcher == "deepspeed":  # evaluate (and its report) default to the best checkpoint
+        status = json.loads((tmp_path / "status.json").read_text())
+        run([str(BIN / "emotrain"), "evaluate", str(tmp_path), "--split", "val", "--no-progress"])
+        report = json.loads((tmp_path / "eval" / "val" / "report.json").read_text())
+        assert (report["checkpoint"], report["checkpoint_kind"]) == (f"step{status['best_step']:08d}", "best")
+        run([str(BIN / "emotrain"), "evaluate", str(tmp_path), "--split", "val", "--no-progress", "--last"])
+        report = json.loads((tmp_path / "eval" / "val" / "report.json").read_text())
+        assert (report["checkpoint"], report["checkpoint_kind"]) == ("step00000030", "last")

@@ -95,6 +95,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig field (YAML value)")
     parser.add_argument("--nan-at", default="", help="comma-separated micro-batch indices whose rank-1 batch holds a NaN")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to sleep before each batch (to kill mid-run)")
+    parser.add_argument("--scripted-val", default="", metavar="STEP:F1,...",
+                        help="val/macro_f1 reported at these steps (rank 0 only, as a gathered metric is), "
+                        "instead of measuring; for best-checkpoint and early-stopping tests")
     parser.add_argument("--measure-optimizer-bytes", action="store_true", help="only build the engine, step twice, report bytes")
     args = parser.parse_args(dist.strip_launcher_args(argv))
 
@@ -119,13 +122,26 @@ def main(argv: list[str]) -> int:
         model, nn.CrossEntropyLoss(),
         lambda state: toy_batches(state, cfg.seed, env.rank, cfg.micro_batch_size, nan_at, args.delay),
         cfg, args.run_dir, env,
-        evaluate_fn=lambda predict, step: {"val/accuracy": _accuracy(predict, cfg.seed)},
+        evaluate_fn=(scripted_val(args.scripted_val, env) if args.scripted_val
+                     else lambda predict, step: {"val/accuracy": _accuracy(predict, cfg.seed)}),
         data_stats=lambda: {"skipped_samples": env.rank},
     )
     if env.is_main and args.result_json:
         args.result_json.write_text(json.dumps(_report(result, env), indent=1))
     dist.shutdown()
     return result.exit_code
+
+
+def scripted_val(spec: str, env: dist.DistEnv):
+    """A validation whose macro-F1 follows a script by step; like the real one, only rank 0 gets metrics."""
+    scores = {int(step): float(value) for step, value in (item.split(":") for item in spec.split(","))}
+
+    def evaluate(predict, step: int) -> dict[str, float]:
+        if not env.is_main or step not in scores:
+            return {}
+        return {"val/macro_f1": scores[step], "val/nll": 1.0}
+
+    return evaluate
 
 
 def _accuracy(predict, seed: int) -> float:
@@ -138,6 +154,7 @@ def _report(result: TrainResult, env: dist.DistEnv) -> dict:
         "step": result.step, "samples_seen": result.samples_seen, "stop_reason": result.stop_reason,
         "resumed_from": result.resumed_from, "checkpoint": str(result.checkpoint), "nonfinite": result.nonfinite,
         "losses": result.losses, "evaluations": result.evaluations, "exit_code": result.exit_code,
+        "best_step": result.best_step, "best_value": result.best_value, "early_stopped": result.early_stopped,
         "world_size": env.world_size, "num_nodes": env.num_nodes, "launcher": env.launcher,
     }
 

@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training run directories (each holds config.yaml and checkpoints/); several: one launch")
     parser.add_argument("--split", dest="splits", nargs="+", choices=SPLITS, default=["val"],
                         help="which splits of the runs' shards to score (several: one launch, each model loaded once)")
-    parser.add_argument("--checkpoint", help="checkpoint tag under RUN/checkpoints (default: the latest complete one)")
+    parser.add_argument("--checkpoint", help="checkpoint tag under RUN/checkpoints (default: the best one when the run "
+                        "validated, else the newest)")
+    parser.add_argument("--last", action="store_true", help="score the newest checkpoint instead of the best")
     parser.add_argument("--batch-size", type=int, help="turns per batch (default: the run's eval batch size)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -61,8 +63,8 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace, env: DistEnv, device: 
     from emotrain.rundir import RunDir
 
     run = RunDir(run_dir)
-    loaded = load_trained_model(run.root, args.checkpoint, device)
-    extra = {"run": str(run), "checkpoint": loaded.tag, "model": loaded.config.model.kind,
+    loaded = load_trained_model(run.root, args.checkpoint, device, last=args.last)
+    extra = {"run": str(run), "checkpoint": loaded.tag, "checkpoint_kind": loaded.kind, "model": loaded.config.model.kind,
              "text_inputs": {"utterances": True, "context_fields": list(loaded.config.data.text.context_fields)}}
     for split in dict.fromkeys(args.splits):
         scored = evaluate_model(
@@ -72,5 +74,5 @@ def evaluate_run(run_dir: Path, args: argparse.Namespace, env: DistEnv, device: 
         )
         if scored is not None:
             metrics = write_evaluation(run, split, scored, loaded.classes, extra, loaded.step)
-            print(f"{loaded.config.model.kind} {summary_line(split, metrics)}")
+            print(f"{loaded.config.model.kind} {summary_line(split, metrics)}  [{loaded.kind} checkpoint {loaded.tag}]")
             print(f"predictions: {run.predictions(split)}  report: {run.eval_dir(split)}")

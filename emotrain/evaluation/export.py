@@ -10,25 +10,21 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from emotrain.errors import UserError
 from emotrain.rundir import RunDir
-from emotrain.training.checkpoint import COMPLETE, fp32_state_dict, latest_complete_tag
+from emotrain.training.checkpoint import choose_tag, fp32_state_dict
 
 WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
 
 
-def export_weights(run_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
-    """Write ``out_dir/model.safetensors`` (fp32) and a copy of the run's ``config.yaml``; return the weights path."""
+def export_weights(run_dir: str | Path, out_dir: str | Path, tag: str | None = None, last: bool = False) -> Path:
+    """Write ``out_dir/model.safetensors`` (fp32) and a copy of the run's ``config.yaml``; return the weights path.
+
+    The checkpoint: ``tag``, else the best one when the run has one (``last``: the newest)."""
     from safetensors.torch import save_file
 
     run, out_dir = RunDir(run_dir).require(), Path(out_dir)
     config = run.config_path
-    ckpts = run.checkpoints
-    tag = tag or latest_complete_tag(ckpts)
-    if tag is None:
-        raise UserError(f"no complete checkpoint under {ckpts}")
-    if not (ckpts / tag / COMPLETE).is_file():
-        raise UserError(f"{ckpts / tag} is not a complete checkpoint")
+    tag, kind = choose_tag(run.checkpoints, tag, last)
     weights = fp32_state_dict(run.root, tag)
     seen: set[int] = set()
     for name, tensor in weights.items():  # safetensors refuses tensors sharing memory (tied weights)
@@ -37,7 +33,7 @@ def export_weights(run_dir: str | Path, out_dir: str | Path, tag: str | None = N
         seen.add(tensor.data_ptr())
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / WEIGHTS
-    save_file({name: t.contiguous() for name, t in weights.items()}, str(target), metadata={"checkpoint": tag})
+    save_file({name: t.contiguous() for name, t in weights.items()}, str(target), metadata={"checkpoint": tag, "checkpoint_kind": kind})
     if config.resolve() != (out_dir / CONFIG).resolve():
         shutil.copyfile(config, out_dir / CONFIG)
     return target

@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from emotrain.data.manifest import Manifest
 from emotrain.data.stream import DataConfig, Modalities, build_loader
 from emotrain.evaluation.gather import Scored, check_complete, gather_to_rank0
-from emotrain.evaluation.metrics import compute_metrics, macro_f1
+from emotrain.evaluation.metrics import compute_metrics, log_softmax, macro_f1
 from emotrain.evaluation.predictions import save_classes, save_predictions
 from emotrain.evaluation.report import write_report
 from emotrain.models.inputs import model_inputs
@@ -95,8 +96,10 @@ class PeriodicValidation:
         if merged is None or not merged.keys:
             return {}
         preds = merged.logits.argmax(axis=1)
+        log_probs = log_softmax(merged.logits.astype(np.float64))
         return {"val/accuracy": float((preds == merged.labels).mean()),
-                "val/macro_f1": macro_f1(merged.labels, preds, self.num_classes)}
+                "val/macro_f1": macro_f1(merged.labels, preds, self.num_classes),
+                "val/nll": float(-log_probs[np.arange(len(merged.labels)), merged.labels].mean())}
 
 
 def write_evaluation(run_dir: str | Path | RunDir, split: str, scored: Scored, classes: list[str],

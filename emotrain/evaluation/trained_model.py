@@ -15,10 +15,9 @@ import torch
 from emotrain.data.manifest import Manifest
 from emotrain.data.schema import meta_vocab_sizes
 from emotrain.data.stream import Modalities
-from emotrain.errors import UserError
 from emotrain.models import build_model
 from emotrain.rundir import RunDir
-from emotrain.training.checkpoint import fp32_state_dict, latest_complete_tag, step_of
+from emotrain.training.checkpoint import choose_tag, fp32_state_dict, step_of
 from emotrain.training.run_config import RunConfig
 
 
@@ -29,6 +28,7 @@ class TrainedModel:
     classes: list[str]
     tag: str
     step: int
+    kind: str  # which checkpoint: "best", "last" or "requested"
 
     @property
     def modalities(self) -> Modalities:
@@ -43,15 +43,14 @@ class TrainedModel:
         return self.config.train.bf16
 
 
-def load_trained_model(run_dir: str | Path, tag: str | None, device: torch.device) -> TrainedModel:
-    """The run's model with the checkpoint's weights (every key must match), in eval mode on ``device``."""
+def load_trained_model(run_dir: str | Path, tag: str | None, device: torch.device, last: bool = False) -> TrainedModel:
+    """The run's model with a checkpoint's weights (every key must match), in eval mode on ``device``:
+    ``tag``, else the best checkpoint when the run has one (``last``: the newest)."""
     run = RunDir(run_dir).require()
     cfg = run.read_config()
-    tag = tag or latest_complete_tag(run.checkpoints)
-    if tag is None:
-        raise UserError(f"no complete checkpoint under {run.checkpoints}: train first")
+    tag, kind = choose_tag(run.checkpoints, tag, last)
     manifest = Manifest.load(cfg.data.shards, "train")
     classes = manifest.classes
     model = build_model(cfg.model, len(classes), meta_vocab_sizes(manifest.vocab), load_weights=False)
     model.load_state_dict(fp32_state_dict(run.root, tag), strict=True)
-    return TrainedModel(model.to(device).eval(), cfg, classes, tag, step_of(tag) or 0)
+    return TrainedModel(model.to(device).eval(), cfg, classes, tag, step_of(tag) or 0, kind)

@@ -18,18 +18,21 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from emotrain.console import library_output
+from emotrain.errors import UserError
 from emotrain.rundir import RunDir
 from emotrain.training import distributed as dist
+from emotrain.training.best import BestState
 from emotrain.training.rng import capture_rng_state, restore_rng_state
 
 COMPLETE = "complete"
 LATEST = "latest"
+BEST = "best"  # names the best tag so far (train.best_metric); the rotation never deletes it
 _TAG = re.compile(r"step(\d{8,})")
 
 
@@ -46,6 +49,14 @@ class ResumeState:
     micro_batches: int = 0
     nonfinite: int = 0
     world_size: int = 1
+    best: BestState = field(default_factory=BestState)  # the best validation so far, and early-stopping patience
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ResumeState:
+        """Read a ``complete`` marker (one written before ``best`` existed has none)."""
+        data = dict(data)
+        best = BestState(**data.pop("best", {}))
+        return cls(**data, best=best)
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -88,21 +99,58 @@ def latest_complete_tag(ckpt_dir: Path) -> str | None:
     return tags[-1] if tags else None
 
 
+def best_tag(ckpt_dir: Path) -> str | None:
+    """The tag ``best`` names, when it is a complete checkpoint."""
+    try:
+        tag = (ckpt_dir / BEST).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return tag if step_of(tag) is not None and (ckpt_dir / tag / COMPLETE).is_file() else None
+
+
+def default_tag(ckpt_dir: Path, prefer_last: bool = False) -> tuple[str, str] | None:
+    """(tag, "best" or "last") that evaluate and export score by default: the best when the run has one."""
+    best = None if prefer_last else best_tag(ckpt_dir)
+    if best is not None:
+        return best, "best"
+    last = latest_complete_tag(ckpt_dir)
+    return (last, "last") if last is not None else None
+
+
+def choose_tag(ckpt_dir: Path, tag: str | None = None, last: bool = False) -> tuple[str, str]:
+    """(tag, "best" | "last" | "requested") for evaluate and export, or a one-line UserError.
+
+    ``tag`` must be a tag name of this run (``step00001000``), never a path: a path could name
+    another run's checkpoint."""
+    if tag is not None:
+        if step_of(tag) is None:
+            raise UserError(f"--checkpoint/--tag {tag!r} is not a tag name such as step00001000")
+        if not (ckpt_dir / tag / COMPLETE).is_file():
+            known = ", ".join(complete_tags(ckpt_dir)) or "none"
+            raise UserError(f"{ckpt_dir / tag} is not a complete checkpoint (complete: {known})")
+        return tag, "best" if tag == best_tag(ckpt_dir) else "requested"
+    chosen = default_tag(ckpt_dir, prefer_last=last)
+    if chosen is None:
+        raise UserError(f"no complete checkpoint under {ckpt_dir}: train first")
+    return chosen
+
+
 def prune(ckpt_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` complete tags; drop older ones and incomplete tags older than the newest."""
+    """Keep the newest ``keep`` complete tags and the best one; drop older ones and incomplete tags older than the newest."""
     tags = complete_tags(ckpt_dir)
     if not tags:
         return
     newest = step_of(tags[-1])
-    doomed = set(tags[:-keep])
+    doomed = set(tags[:-keep]) - {best_tag(ckpt_dir)}
     for entry in ckpt_dir.iterdir():
         step = step_of(entry.name)
         if step is not None and (entry.name in doomed or (step < newest and entry.name not in tags)):
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def save(engine, run_dir: str | Path, state: ResumeState, env: dist.DistEnv, keep: int) -> Path:
-    """Collective: every rank writes its part of tag ``step{N}``; rank 0 then marks it complete."""
+def save(engine, run_dir: str | Path, state: ResumeState, env: dist.DistEnv, keep: int, is_best: bool = False) -> Path:
+    """Collective: every rank writes its part of tag ``step{N}``; rank 0 then marks it complete (and
+    the best, when ``is_best``: after the marker, so ``best`` never names a half-written tag)."""
     ckpt_dir = checkpoint_dir(run_dir)
     tag = tag_for(state.step)
     state.world_size = env.world_size
@@ -116,6 +164,8 @@ def save(engine, run_dir: str | Path, state: ResumeState, env: dist.DistEnv, kee
             raise RuntimeError(f"{tag_dir}: ranks {missing} wrote no files; is {ckpt_dir} on a shared file system?")
         _atomic_write(tag_dir / COMPLETE, json.dumps(asdict(state)) + "\n")
         _atomic_write(ckpt_dir / LATEST, tag)
+        if is_best:
+            _atomic_write(ckpt_dir / BEST, tag)
         prune(ckpt_dir, keep)
     dist.barrier()
     return tag_dir
@@ -127,7 +177,7 @@ def resume(engine, run_dir: str | Path, env: dist.DistEnv) -> ResumeState | None
     tag = dist.broadcast_from_main(latest_complete_tag(ckpt_dir) if env.is_main else None)
     if tag is None:
         return None
-    state = ResumeState(**json.loads((ckpt_dir / tag / COMPLETE).read_text(encoding="utf-8")))
+    state = ResumeState.from_dict(json.loads((ckpt_dir / tag / COMPLETE).read_text(encoding="utf-8")))
     if state.world_size != env.world_size:
         raise RuntimeError(
             f"{ckpt_dir / tag} was written by {state.world_size} ranks, this run has {env.world_size}: "

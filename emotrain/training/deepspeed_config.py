@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emotrain.config import CONFIG_ROOT, ConfigError, find_config, path_field
+from emotrain.training.best import BestMetric, EarlyStopping
 from emotrain.training.distributed import AccelerateSettings
 
 # Keys a configs/deepspeed/*.json must not carry: the engine derives them or passes its own objects.
@@ -42,6 +43,8 @@ class TrainConfig:
     checkpoint_every_steps: int = 500
     keep_checkpoints: int = 3
     eval_every_steps: int = 0
+    best_metric: BestMetric = "val/macro_f1"  # which validation keeps the best checkpoint
+    early_stopping: EarlyStopping | None = None  # {patience: N evaluations, min_delta: x}; off when absent
     log_every_steps: int = 10
     max_consecutive_nonfinite: int = 20
     seed: int = 0

@@ -6,6 +6,7 @@ a loss ``loss_fn(logits, labels)`` and a loader factory ``batches_from(resume_st
 :func:`emotrain.models.inputs.model_inputs` of it, so neither the label nor the keys reach it.
 
 Stopping: the run ends when ``cfg.total_steps`` optimizer steps are done (``completed``), when
+``cfg.early_stopping`` says validation stopped improving (``completed``, ``early_stopped`` set), when
 SIGTERM or SIGUSR1 reached any rank (``preempted``: all ranks agree at the next step, save, and
 return), or after ``cfg.max_consecutive_nonfinite`` non-finite losses in a row (``nonfinite``).
 A checkpoint is written in every case. :data:`EXIT_CODES` is what ``launch/train.py`` should exit
@@ -18,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,17 @@ import torch
 
 from emotrain.training import checkpoint
 from emotrain.training.checkpoint import ResumeState
-from emotrain.training.distributed import DistEnv, init_distributed, read_accelerate_settings, sum_over_ranks
+from emotrain.training.distributed import (
+    DistEnv,
+    broadcast_from_main,
+    init_distributed,
+    read_accelerate_settings,
+    sum_over_ranks,
+)
 from emotrain.training.deepspeed_config import TrainConfig, deepspeed_config
 from emotrain.models.inputs import model_inputs
 from emotrain.rundir import COMPLETED, NONFINITE, PREEMPTED
+from emotrain.training.best import BestState, observe
 from emotrain.training.optim import build_optimizer
 from emotrain.training.preemption import StopRequest
 from emotrain.training.rng import seed_all
@@ -50,6 +58,9 @@ class TrainResult:
     resumed_from: int | None
     checkpoint: Path | None
     nonfinite: int
+    best_step: int | None = None  # the step of the best checkpoint (train.best_metric), if any
+    best_value: float | None = None  # train.best_metric at that step
+    early_stopped: bool = False
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss over ranks), this process only
     evaluations: dict[int, dict[str, float]] = field(default_factory=dict)
 
@@ -116,6 +127,18 @@ def _evaluate(engine, evaluate_fn: EvaluateFn, step: int, device: torch.device, 
         metrics = dict(evaluate_fn(predict, step))
     engine.train()
     return metrics
+
+
+def _track_best(metrics: Mapping[str, float], state: ResumeState, cfg: TrainConfig, env: DistEnv) -> tuple[bool, bool]:
+    """Collective: rank 0 (which holds the gathered val metrics) decides whether this step is the new
+    best and whether to stop early; every rank adopts its decision and its best-so-far state."""
+    decision = None
+    if env.is_main:
+        is_best, stop = observe(metrics, state.step, state.best, cfg.best_metric, cfg.early_stopping)
+        decision = (is_best, stop, asdict(state.best))
+    is_best, stop, best = broadcast_from_main(decision)
+    state.best = BestState(**best)
+    return is_best, stop
 
 
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv):
@@ -201,11 +224,22 @@ def fit(
             if _due(state.step, cfg.log_every_steps, cfg.total_steps):  # every rank: data stats are summed over ranks
                 log.scalars(state.step, _log_scalars(engine, optimizer, window, cfg, state, data_stats, device))
                 window = _Window()
+            is_best = stop_early = False
             if evaluate_fn is not None and _due(state.step, cfg.eval_every_steps, cfg.total_steps):
                 result.evaluations[state.step] = _evaluate(engine, evaluate_fn, state.step, device, float_dtype)
-                log.scalars(state.step, result.evaluations[state.step])
-            if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
-                result.checkpoint, saved_step = checkpoint.save(engine, run_dir, state, env, cfg.keep_checkpoints), state.step
+                is_best, stop_early = _track_best(result.evaluations[state.step], state, cfg, env)
+                log.scalars(state.step, {**result.evaluations[state.step],
+                                         **({f"best/{cfg.best_metric}": state.best.value} if is_best else {})})
+            # A new best is saved at once, whether or not a periodic checkpoint is due.
+            if is_best or (cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0):
+                result.checkpoint = checkpoint.save(engine, run_dir, state, env, cfg.keep_checkpoints, is_best)
+                saved_step = state.step
+            if stop_early:
+                result.early_stopped = True
+                log.message(f"early stopping at step {state.step}: {cfg.best_metric} has not improved by more than "
+                            f"{cfg.early_stopping.min_delta} in {cfg.early_stopping.patience} evaluations "
+                            f"(best at step {state.best.step})")
+                break
             if stop_votes and state.step < cfg.total_steps:
                 result.stop_reason = PREEMPTED
                 break
@@ -219,5 +253,6 @@ def fit(
         log.message(f"stop signal received: checkpoint at step {state.step}, exiting for requeue")
     log.close()
     result.step, result.nonfinite = state.step, state.nonfinite
+    result.best_step, result.best_value = state.best.step, state.best.value
     result.samples_seen = state.micro_batches * cfg.micro_batch_size * env.world_size
     return result

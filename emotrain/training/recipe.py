@@ -103,9 +103,14 @@ def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
     if env.is_main:
         run.write_status(RunStatus(status=result.stop_reason, step=result.step, total_steps=cfg.train.total_steps,
                                    resumed_from=result.resumed_from, world_size=env.world_size,
-                                   num_nodes=env.num_nodes, launcher=env.launcher))
+                                   num_nodes=env.num_nodes, launcher=env.launcher, best_step=result.best_step,
+                                   best_metric=cfg.train.best_metric if result.best_step is not None else None,
+                                   best_value=result.best_value,
+                                   detail="early stopping" if result.early_stopped else None))
         print(f"train: {result.stop_reason} at step {result.step}/{cfg.train.total_steps}"
+              + (" (early stopping)" if result.early_stopped else "")
               + (f" (resumed from step {result.resumed_from})" if result.resumed_from else "")
+              + (f"; best {cfg.train.best_metric} at step {result.best_step}" if result.best_step is not None else "")
               + f"; checkpoint {result.checkpoint}")
     dist.shutdown()
     return result.exit_code
