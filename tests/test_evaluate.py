@@ -77,3 +77,28 @@ def test_exactly_once_at_one_two_three_ranks_over_uneven_shards_same_results(fiv
         np.testing.assert_array_equal(preds.labels, base_preds.labels)
         np.testing.assert_array_equal(preds.logits, base_preds.logits)
         assert metrics == base_metrics
+
+
+def test_turns_last_is_scored_exactly_once_against_its_own_count(five_shards, tmp_path):
+    import shutil
+
+    model = CountingModel()
+    manifest = json.loads((five_shards / "train" / "manifest.json").read_text())
+    assert 0 < manifest["labelled_last_turns"] < manifest["labelled_turns"]
+    scored = evaluate_model(model, data_config(five_shards, turns="last"), Modalities(False, False), "train", 3,
+                            torch.device("cpu"), False, 0, 1, 7)
+    assert len(scored.keys) == len(set(scored.keys)) == manifest["labelled_last_turns"]
+    # the count is checked for this setting too
+    wrong = tmp_path / "wrong"
+    shutil.copytree(five_shards, wrong)
+    manifest["labelled_last_turns"] += 1
+    (wrong / "train" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="did not see every turn exactly once"):
+        evaluate_model(model, data_config(wrong, turns="last"), Modalities(False, False), "train", 3,
+                       torch.device("cpu"), False, 0, 1, 7)
+    # a manifest from before the count was recorded: one line saying what to do
+    del manifest["labelled_last_turns"]
+    (wrong / "train" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="pack the corpus again"):
+        evaluate_model(model, data_config(wrong, turns="last"), Modalities(False, False), "train", 3,
+                       torch.device("cpu"), False, 0, 1, 7)

@@ -38,6 +38,8 @@ def test_pack_counts_match_what_is_read(corpus, tmp_path):
         assert keys == m["conversation_ids"] and "." not in "".join(keys)
         labels = [l for s in samples for l in json.loads(s["labels.json"])]
         assert m["labelled_turns"] == sum(1 for l in labels if l >= 0) == sum(m["label_histogram"].values())
+        last_labels = [json.loads(s["labels.json"])[-1:] for s in samples]
+        assert m["labelled_last_turns"] == sum(1 for last in last_labels if last and last[0] >= 0)
         assert m["clips"] == sum(1 for s in samples for k in s if k.endswith((".wav", ".mp4")))
         for shard in m["shards"]:
             names = subprocess.run(["tar", "-tf", str(out / split / shard["name"])], capture_output=True, text=True, check=True).stdout.split()

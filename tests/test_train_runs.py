@@ -76,3 +76,24 @@ def test_other_launchers_train_model_b(launcher, shards, tmp_path):
         run([str(BIN / "emotrain"), "evaluate", str(tmp_path), "--split", "val", "--no-progress", "--last"])
         report = json.loads((tmp_path / "eval" / "val" / "report.json").read_text())
         assert (report["checkpoint"], report["checkpoint_kind"]) == ("step00000030", "last")
+
+
+def test_turns_last_trains_evaluates_and_fuses(shards, tmp_path):
+    """One process per step: each model trains and is scored on the last turn of each conversation only."""
+    last = ["data.turns=last", "train.total_samples=64", "train.checkpoint_every_steps=4", "train.eval_every_steps=4"]
+    for model in ("audio_text", "video_text"):
+        cmd = [str(BIN / "emotrain"), "train", f"demo/{model}", "--run-dir", str(tmp_path / model),
+               "--set", f"data.shards={shards}", *[arg for item in [*OVERRIDES, *last] for arg in ("--set", item)]]
+        run(cmd)
+        run([str(BIN / "emotrain"), "evaluate", str(tmp_path / model), "--split", "val", "test", "--no-progress"])
+        for split in ("val", "test"):
+            manifest = json.loads((shards / split / "manifest.json").read_text())
+            report = json.loads((tmp_path / model / "eval" / split / "report.json").read_text())
+            assert report["splits"][split]["n"] == manifest["labelled_last_turns"] < manifest["labelled_turns"]
+    fused = run([str(BIN / "emotrain"), "fuse", "--audio", str(tmp_path / "audio_text"), "--video",
+                 str(tmp_path / "video_text"), "--config", "fusion/quick", "--out", str(tmp_path / "fusion"),
+                 # one labelled last turn in this tiny val split: too few for the cross-validated strategies
+                 "--set", "strategies=[mean, weighted, confidence_maxprob]"])
+    summary = json.loads((tmp_path / "fusion" / "fusion.json").read_text())
+    assert summary["counts"]["test"]["both"] == json.loads((shards / "test" / "manifest.json").read_text())["labelled_last_turns"]
+    assert "Late fusion" in fused.stdout

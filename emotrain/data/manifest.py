@@ -43,6 +43,9 @@ class Manifest:
     vocab: dict[str, list[str]]  # metadata field -> values; built from train only, the same in every split
     recipe: dict[str, Any]  # how the splits were carved (fractions, seed, source)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {kind, id, reason}
+    # Conversations whose last turn is labelled: what the loader yields with data.turns = last.
+    # None in manifests written before it was recorded (repack to use turns: last).
+    labelled_last_turns: int | None = None
 
     def __post_init__(self) -> None:
         self.location: Path | None = None  # the split folder it was loaded from (not written)
@@ -94,6 +97,15 @@ class Manifest:
         os.replace(tmp, path)
         self.location = split_dir
         return path
+
+    def turns_for(self, turns: str) -> int:
+        """How many labelled turns the loader yields from this split under ``data.turns``."""
+        if turns == "all":
+            return self.labelled_turns
+        if self.labelled_last_turns is None:
+            raise UserError(f"{self.location or 'this manifest'} does not record the labelled last turns "
+                            "that data.turns=last needs: pack the corpus again")
+        return self.labelled_last_turns
 
     @property
     def classes(self) -> list[str]:

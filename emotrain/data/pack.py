@@ -351,6 +351,7 @@ def pack(opts: PackOptions) -> dict[str, Manifest]:
             conversations=sum(r["conversations"] for r in shard_records),
             turns=sum(len(c.turns) for t in tasks for c in t.conversations),
             labelled_turns=sum(histogram.values()),
+            labelled_last_turns=sum(1 for t in tasks for labels in t.labels if labels and labels[-1] != UNLABELLED),
             clips=sum(r["clips"] for r in shard_records),
             label_histogram={cls: histogram.get(i, 0) for i, cls in enumerate(opts.scheme.classes)},
             scheme=opts.scheme,

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from emotrain.data.manifest import Manifest
 from emotrain.data.stream import DataConfig, Modalities, build_loader
 from emotrain.evaluation.gather import Scored, check_complete, gather_to_rank0
 from emotrain.evaluation.metrics import compute_metrics, log_softmax, macro_f1
@@ -46,9 +45,6 @@ def model_predictor(model: torch.nn.Module, device: torch.device, bf16: bool) ->
     return predict
 
 
-def expected_turns(manifest: Manifest, data: DataConfig) -> int | None:
-    """How many turns a split's scoring must return, when the manifest knows (``turns: all``)."""
-    return manifest.labelled_turns if data.turns == "all" else None
 
 
 @torch.no_grad()
@@ -68,9 +64,8 @@ def score_split(predict: Predict, data: DataConfig, modalities: Modalities, spli
     loader, manifest = build_loader(data, split, modalities, batch_size, train=False, rank=rank, world_size=world_size)
     local = score_batches(predict, loader, num_classes, progress=progress and rank == 0)
     merged = gather_to_rank0(local, device)
-    expected = expected_turns(manifest, data)
-    if merged is not None and expected is not None:
-        check_complete(merged, expected, split)
+    if merged is not None:
+        check_complete(merged, manifest.turns_for(data.turns), split)
     return merged
 
 

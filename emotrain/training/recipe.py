@@ -64,7 +64,7 @@ class TrainStream:
 
     def __init__(self, cfg: RunConfig, modalities: Modalities, env: dist.DistEnv, manifest: Manifest):
         self.cfg, self.modalities, self.env = cfg, modalities, env
-        self.turns_per_rank = manifest.labelled_turns / env.world_size
+        self.turns_per_rank = manifest.turns_for(cfg.data.turns) / env.world_size
         self.skipped: Counter[str] = Counter()
 
     def __call__(self, state: ResumeState) -> Iterator[dict[str, Any]]:
@@ -83,8 +83,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
     """Train on this rank; every rank calls it. Returns the process exit code."""
     run = RunDir(run_dir)
     manifest = Manifest.load(cfg.data.shards, "train")
-    if manifest.labelled_turns == 0:
-        raise UserError(f"{cfg.data.shards}/train holds no labelled turns")
+    if manifest.turns_for(cfg.data.turns) == 0:
+        raise UserError(f"{cfg.data.shards}/train holds no labelled turns (data.turns={cfg.data.turns})")
     check_tokenizer(cfg)
     # Decided once (accelerate may ask for bf16) and recorded, so evaluation computes as training did.
     cfg.train.bf16 = use_bf16(cfg.train, dist.read_accelerate_settings())
@@ -96,7 +96,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
     modalities = Modalities(audio=cfg.model.needs_audio, video=cfg.model.needs_video)
     stream = TrainStream(cfg, modalities, env, manifest)
     validation = None
-    if Manifest.load(cfg.data.shards, "val").labelled_turns > 0:
+    if Manifest.load(cfg.data.shards, "val").turns_for(cfg.data.turns) > 0:
         validation = PeriodicValidation(cfg.data, modalities, cfg.eval_batch_size, env.rank, env.world_size,
                                         dist.device_for(env), len(manifest.classes))
     result = fit(model, loss_fn, stream, cfg.train, run.root, env, evaluate_fn=validation, data_stats=stream.stats)
