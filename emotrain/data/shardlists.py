@@ -38,11 +38,13 @@ class Slot:
         return self.world_size * self.num_workers
 
 
-def current_slot(rank: int, world_size: int) -> Slot:
+def current_slot(rank: int, world_size: int, rotate: int = 0) -> Slot:
+    """This process's reader slot; ``rotate`` shifts which share each loader worker reads (a resumed
+    loader whose first batch must come from the reader that was next, see ``TurnBatches``)."""
     info = torch.utils.data.get_worker_info()
     if info is None:
         return Slot(rank, world_size, 0, 1)
-    return Slot(rank, world_size, info.id, info.num_workers)
+    return Slot(rank, world_size, (info.id + rotate) % info.num_workers, info.num_workers)
 
 
 def eval_shards(urls: list[str], slot: Slot) -> list[str]:
@@ -67,16 +69,17 @@ def train_shards(urls: list[str], slot: Slot, seed: int, epoch: int) -> list[str
 class ShardSource(torch.utils.data.IterableDataset):
     """Yields ``{"url": ...}`` dicts for webdataset's tar reader, per the rules above."""
 
-    def __init__(self, urls: list[str], rank: int, world_size: int, train: bool, seed: int = 0, start_epoch: int = 0):
+    def __init__(self, urls: list[str], rank: int, world_size: int, train: bool, seed: int = 0, start_epoch: int = 0,
+                 rotate: int = 0):
         super().__init__()
         if not urls:
             raise ValueError("no shards to read")
         self.urls = list(urls)
         self.rank, self.world_size = rank, world_size
-        self.train, self.seed, self.start_epoch = train, seed, start_epoch
+        self.train, self.seed, self.start_epoch, self.rotate = train, seed, start_epoch, rotate
 
     def __iter__(self) -> Iterator[dict[str, str]]:
-        slot = current_slot(self.rank, self.world_size)
+        slot = current_slot(self.rank, self.world_size, self.rotate)
         if not self.train:
             for url in eval_shards(self.urls, slot):
                 yield {"url": url}

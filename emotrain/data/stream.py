@@ -123,7 +123,14 @@ class TurnExpander:
         self.cfg, self.modalities, self.train, self.counter = cfg, modalities, train, counter
         self.meta = MetadataEncoder(vocab)
         self.tokenizer = load_tokenizer(cfg.text.tokenizer)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+
+    def reseed(self, ordinal: int) -> None:
+        """Draw the augmentation of the ``ordinal``-th conversation this reader sees from its own
+        generator: then a conversation's crops depend on its place in the stream only, not on what
+        was decoded before it, and a resumed stream that skips ahead draws what the first run drew."""
+        self.rng = np.random.default_rng([self.seed, ordinal])
 
     def _audio(self, sample: dict[str, Any], index: int, key: str) -> np.ndarray | None:
         data = sample.get(wav_member(index))
@@ -145,20 +152,21 @@ class TurnExpander:
             self.counter.add("bad_clips", f"{key}/{mp4_member(index)}", err)
             return None
 
-    def __call__(self, sample: dict[str, Any]) -> list[dict[str, Any]]:
+    def __call__(self, sample: dict[str, Any], decode: bool = True) -> list[dict[str, Any]]:
         """All labelled turns of one conversation, or none when its json is malformed.
 
         Built fully before anything is yielded, so a bad field in a later turn cannot leave
-        half a conversation in the batches.
+        half a conversation in the batches. ``decode=False`` leaves the media out (and draws no
+        random numbers): the same turns, cheaply, for skipping ahead on resume.
         """
         key = sample.get("__key__", "?")
         try:
-            return self._turns(sample, key)
+            return self._turns(sample, key, decode)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             self.counter.add("bad_conversations", key, err)
             return []
 
-    def _turns(self, sample: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    def _turns(self, sample: dict[str, Any], key: str, decode: bool = True) -> list[dict[str, Any]]:
         record = json.loads(sample["json"])
         labels = json.loads(sample["labels.json"])
         turns = record["turns"]
@@ -186,12 +194,12 @@ class TurnExpander:
                 "roles": [ROLE_IDS.get(u["role"], 0) for u in window],
                 "meta_ids": self.meta.encode(record, turn),
             }
-            if self.modalities.audio:
+            if decode and self.modalities.audio:
                 for u in window:
                     if u["index"] not in audio_cache:
                         audio_cache[u["index"]] = self._audio(sample, u["index"], key)
                 item["audio"] = [audio_cache[u["index"]] for u in window]
-            if self.modalities.video:
+            if decode and self.modalities.video:
                 if last not in video_cache:
                     video_cache[last] = self._video(sample, last, key)
                 item["video"] = video_cache[last]
@@ -289,11 +297,13 @@ class TurnBatches(torch.utils.data.IterableDataset):
     """The whole per-worker pipeline as one picklable dataset (safe under forkserver/spawn)."""
 
     def __init__(self, urls: list[str], cfg: DataConfig, modalities: Modalities, vocab: dict[str, list[str]],
-                 batch_size: int, train: bool, rank: int, world_size: int, start_epoch: int = 0):
+                 batch_size: int, train: bool, rank: int, world_size: int, start_epoch: int = 0,
+                 skip_batches: int = 0):
         super().__init__()
         self.urls, self.cfg, self.modalities, self.vocab = urls, cfg, modalities, vocab
         self.batch_size, self.train = batch_size, train
         self.rank, self.world_size, self.start_epoch = rank, world_size, start_epoch
+        self.skip_batches = skip_batches
 
     def _wanted(self, name: str) -> bool:
         """Read only the tar members this model uses (no video bytes for the audio model)."""
@@ -305,11 +315,17 @@ class TurnBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
-        worker = 0 if info is None else info.id
+        workers = 1 if info is None else info.num_workers
+        # A DataLoader takes batches from its workers in turn, starting with worker 0 (batch i from
+        # worker i % workers). A loader resuming after skip_batches batches must start with the reader
+        # that was next, so each worker plays reader (id + skip_batches) % workers, and that reader's
+        # share of the first skip_batches batches is known exactly.
+        worker = 0 if info is None else (info.id + self.skip_batches) % workers
         # Shard order shares one seed on every rank; augmentation and buffers differ per reader.
         reader_seed = self.cfg.seed + 1000 * (self.rank * 64 + worker) + 7919 * self.start_epoch
         counter = SkipCounter()
-        source = ShardSource(self.urls, self.rank, self.world_size, self.train, self.cfg.seed, self.start_epoch)
+        source = ShardSource(self.urls, self.rank, self.world_size, self.train, self.cfg.seed, self.start_epoch,
+                             rotate=self.skip_batches)
         read_tars = wds.tarfile_to_samples(handler=counter.tar_handler, select_files=self._wanted)
         conversations: Iterable[dict[str, Any]] = read_tars(iter(source))
         if self.train and self.cfg.shuffle_buffer > 1:
@@ -317,8 +333,18 @@ class TurnBatches(torch.utils.data.IterableDataset):
             conversations = shuffle(conversations)
         expand = TurnExpander(self.cfg, self.modalities, self.vocab, self.train, counter, reader_seed)
         pending: list[dict[str, Any]] = []
-        for conversation in conversations:
-            for turn in expand(conversation):
+        skip_turns = self.batch_size * max(0, (self.skip_batches - worker + workers - 1) // workers)
+        for ordinal, conversation in enumerate(conversations):
+            expand.reseed(ordinal)
+            if skip_turns:  # resuming: pass over what the interrupted run already trained on, without decoding it
+                count = len(expand(conversation, decode=False))
+                if count <= skip_turns:
+                    skip_turns -= count
+                    continue
+                turns, skip_turns = expand(conversation)[skip_turns:], 0
+            else:
+                turns = expand(conversation)
+            for turn in turns:
                 pending.append(turn)
                 if len(pending) == self.batch_size:
                     yield self._emit(pending, counter, expand.tokenizer.pad_token_id)
@@ -356,8 +382,13 @@ def _as_sent(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size: int, train: bool,
-                 rank: int = 0, world_size: int = 1, start_epoch: int = 0) -> tuple[TurnLoader, Manifest]:
+                 rank: int = 0, world_size: int = 1, start_epoch: int = 0,
+                 skip_batches: int = 0) -> tuple[TurnLoader, Manifest]:
     """The turn batches for this rank, and the split's manifest.
+
+    ``skip_batches`` (training resume): the stream starts where a loader built the same way stood
+    after that many batches, as if it had been iterated that far: the skipped conversations are
+    read (the shard order and shuffle buffer advance as before) but not decoded.
 
     Workers start from a fork server: torchaudio's thread pools can deadlock in workers forked
     from a training process. The fork server imports this module and the decoders once; the
@@ -369,8 +400,14 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
         raise UserError("batch size must be at least 1")
     manifest = Manifest.load(cfg.shards, split)
     urls = manifest.shard_urls()
-    dataset = TurnBatches(urls, cfg, modalities, manifest.vocab, batch_size, train, rank, world_size, start_epoch)
-    kwargs: dict[str, Any] = {"batch_size": None, "num_workers": cfg.num_workers, "collate_fn": _as_sent}
+    dataset = TurnBatches(urls, cfg, modalities, manifest.vocab, batch_size, train, rank, world_size, start_epoch,
+                          skip_batches)
+    # Its own generator: a DataLoader draws its workers' base seed when an iterator starts, and from the
+    # global torch RNG that would shift the training process's dropout stream whenever a loader is
+    # built (each validation; a resumed run builds its train loader after restoring the RNG).
+    # The workers draw nothing from torch; their randomness is seeded explicitly (TurnBatches).
+    kwargs: dict[str, Any] = {"batch_size": None, "num_workers": cfg.num_workers, "collate_fn": _as_sent,
+                              "generator": torch.Generator().manual_seed(cfg.seed)}
     if cfg.num_workers > 0:
         FORKSERVER.set_forkserver_preload(WORKER_PRELOAD)  # a no-op once the server runs
         kwargs.update(multiprocessing_context=FORKSERVER, prefetch_factor=4, persistent_workers=False,

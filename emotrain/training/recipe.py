@@ -11,14 +11,17 @@ directory holds besides checkpoints (:class:`emotrain.rundir.RunDir`):
   batch script requeues when it says ``preempted``;
 - ``versions.json``, ``deepspeed.json`` and TensorBoard events under ``tb/`` (from the engine).
 
-Data position on resume: the shard stream restarts at the epoch after the one the checkpoint
-was in (each epoch is a fresh seeded permutation), so no sample of the interrupted epoch's
-remainder is replayed out of order; the rest of that epoch is skipped, not repeated.
+Data position on resume: the train stream continues exactly after the checkpoint's micro-batch.
+Each rank's stream is a pure function of the seed, the rank and the loader's worker count (shard
+order per epoch, shuffle buffer, and each conversation's augmentation drawn from its place in the
+stream), so a resumed loader re-reads the conversations already trained on without decoding them
+and yields the batch the interrupted run would have drawn next, in the same epoch, with the same
+crops. This needs the same world size and ``data.num_workers`` as the interrupted launch (the
+world size is checked at resume).
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,25 +55,17 @@ def check_tokenizer(cfg: RunConfig) -> None:
                             f"is {vocab_size}: set it to at least {size}")
 
 
-def start_epoch(state: ResumeState, micro_batch_size: int, turns_per_rank: float) -> int:
-    """The epoch to restart the shard stream at: the one after the checkpoint's (0 on a fresh run)."""
-    if state.micro_batches == 0:
-        return 0
-    return math.floor(state.micro_batches * micro_batch_size / max(turns_per_rank, 1.0)) + 1
-
-
 class TrainStream:
     """The endless train loader for this rank, positioned for a resume, tallying skipped data."""
 
-    def __init__(self, cfg: RunConfig, modalities: Modalities, env: dist.DistEnv, manifest: Manifest):
+    def __init__(self, cfg: RunConfig, modalities: Modalities, env: dist.DistEnv):
         self.cfg, self.modalities, self.env = cfg, modalities, env
-        self.turns_per_rank = manifest.turns_for(cfg.data.turns) / env.world_size
         self.skipped: Counter[str] = Counter()
 
     def __call__(self, state: ResumeState) -> Iterator[dict[str, Any]]:
-        epoch = start_epoch(state, self.cfg.train.micro_batch_size, self.turns_per_rank)
         loader, _ = build_loader(self.cfg.data, "train", self.modalities, self.cfg.train.micro_batch_size, train=True,
-                                 rank=self.env.rank, world_size=self.env.world_size, start_epoch=epoch)
+                                 rank=self.env.rank, world_size=self.env.world_size,
+                                 skip_batches=state.micro_batches)
         for batch in loader:
             self.skipped.update(batch.pop("skipped"))
             yield batch
@@ -94,7 +89,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
     model = build_model(cfg.model, len(manifest.classes), meta_vocab_sizes(manifest.vocab))
     loss_fn = build_loss(cfg.loss, manifest.class_counts())
     modalities = Modalities(audio=cfg.model.needs_audio, video=cfg.model.needs_video)
-    stream = TrainStream(cfg, modalities, env, manifest)
+    stream = TrainStream(cfg, modalities, env)
     validation = None
     if Manifest.load(cfg.data.shards, "val").turns_for(cfg.data.turns) > 0:
         validation = PeriodicValidation(cfg.data, modalities, cfg.eval_batch_size, env.rank, env.world_size,
