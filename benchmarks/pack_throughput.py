@@ -26,7 +26,7 @@ def timed_pack(corpus: Path, out: Path, workers: int, max_per_shard: int) -> tup
     start = time.perf_counter()
     manifests = pack(opts)
     seconds = time.perf_counter() - start
-    return seconds, sum(m["conversations"] for m in manifests.values()), sum(m["clips"] for m in manifests.values())
+    return seconds, sum(m.conversations for m in manifests.values()), sum(m.clips for m in manifests.values())
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from emotrain.data.pack import PackOptions, pack
 from emotrain.data.splits import SplitRecipe
+from emotrain.rundir import RunDir
 from emotrain.data.synthetic import SynthSpec, generate_corpus
 from emotrain.training.distributed import free_port
 from emotrain.labels import load_scheme
@@ -38,7 +39,7 @@ def make_shards(tmp: Path, conversations: int) -> Path:
 
 
 def run_cell(model: str, shards: Path, run_dir: Path, stage: int, ranks: int, steps: int) -> tuple[float, float]:
-    sets = [f"data.shards={shards}", f"train.deepspeed_config=configs/deepspeed/zero{stage}.json",
+    sets = [f"data.shards={shards}", f"train.deepspeed_config=deepspeed/zero{stage}.json",
             "train.global_batch_size=16", "train.micro_batch_size=8" if ranks == 2 else "train.micro_batch_size=16",
             f"train.total_samples={16 * steps}", "train.log_every_steps=5", "train.eval_every_steps=0",
             f"train.checkpoint_every_steps={steps * 10}", "data.num_workers=1"]
@@ -49,7 +50,7 @@ def run_cell(model: str, shards: Path, run_dir: Path, stage: int, ranks: int, st
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"run failed:\n{proc.stderr[-3000:]}")
-    acc = EventAccumulator(str(run_dir / "tb"))
+    acc = EventAccumulator(str(RunDir(run_dir).tensorboard))
     acc.Reload()
     rate = [e.value for e in acc.Scalars("train/samples_per_s")][1:]
     wait = [e.value for e in acc.Scalars("train/data_wait_share")][1:]

@@ -70,20 +70,23 @@ def path_field(kind: PathKind = "path", **kwargs: Any) -> Any:
 
 
 def config_names(subdir: str = "") -> list[str]:
-    """The packaged configs under ``subdir``, as the names :func:`find_config` accepts."""
+    """The packaged configs under ``subdir``, as the names :func:`find_config` accepts there
+    (YAML without its suffix, DeepSpeed JSON with it)."""
     root = CONFIG_ROOT / subdir
-    return sorted(str(p.relative_to(CONFIG_ROOT).with_suffix("")) for p in root.rglob("*.yaml"))
+    yaml_names = [str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")]
+    return sorted(yaml_names + [str(p.relative_to(root)) for p in root.rglob("*.json")])
 
 
 def find_config(ref: str | Path, base: Path | None = None, subdir: str = "") -> Path:
     """The config file ``ref`` names: a path (relative to ``base``, default the working directory,
-    with or without ``.yaml``), else a packaged config by name (``demo/audio_text``, or
+    with or without ``.yaml`` / ``.json``), else a packaged config by name (``demo/audio_text``, or
     ``ekman7`` with ``subdir="labels"``). Raises ConfigError listing the packaged names."""
     ref = Path(ref)
     base = Path.cwd() if base is None else base
     candidates = [ref] if ref.is_absolute() else [base / ref, CONFIG_ROOT / subdir / ref]
     for candidate in candidates:
-        for path in (candidate, candidate.with_name(candidate.name + ".yaml")):
+        for path in (candidate, candidate.with_name(candidate.name + ".yaml"),
+                     candidate.with_name(candidate.name + ".json")):
             if path.is_file():
                 return Path(os.path.normpath(path.absolute()))
     known = ", ".join(config_names(subdir)) or "none"
@@ -280,8 +283,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = parse_yaml(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({err.problem or err.context})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -298,5 +305,24 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
         file = find_config(path, subdir=subdir)
         data = resolve_paths(cls, read_yaml(file), file.parent)
     if overrides:
-        data = resolve_paths(cls, apply_overrides(data, list(overrides)), Path.cwd())
+        # Only the overriding values are resolved against the working directory; what the file said
+        # stays as it was resolved against the file (a hub name there must not turn into a local
+        # folder that happens to exist where the command runs).
+        resolved = resolve_paths(cls, apply_overrides({}, list(overrides)), Path.cwd())
+        for item in overrides:  # each override replaces its key, with its value as resolved
+            parts = item.partition("=")[0].split(".")
+            value = resolved
+            for part in parts:
+                value = value[part]
+            _set(data, parts, value)
     return from_dict(cls, data)
+
+
+def _set(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value

@@ -64,7 +64,11 @@ class LabelScheme:
 
 def load_scheme(path_or_name: str | Path) -> LabelScheme:
     """Load a scheme from a YAML path, or by name from the packaged ``configs/labels/`` (``ekman7``)."""
-    return from_dict(LabelScheme, read_yaml(find_config(path_or_name, subdir="labels")))
+    path = find_config(path_or_name, subdir="labels")
+    try:
+        return from_dict(LabelScheme, read_yaml(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def scheme_from_dict(data: dict) -> LabelScheme:

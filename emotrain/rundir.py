@@ -109,7 +109,11 @@ class RunDir:
         return self.predictions_dir / f"{split}.npz"
 
     def eval_dir(self, split: str) -> Path:
-        return self.root / "eval" / split
+        return self.eval_root / split
+
+    @property
+    def eval_root(self) -> Path:
+        return self.root / "eval"
 
     @property
     def export_dir(self) -> Path:
@@ -141,7 +145,8 @@ class RunDir:
     def read_status(self) -> RunStatus | None:
         """The last launch's status; None when no launch has finished (or the file is unreadable)."""
         try:
-            return RunStatus.from_dict(json.loads(self.status_path.read_text(encoding="utf-8")))
+            data = json.loads(self.status_path.read_text(encoding="utf-8"))
+            return RunStatus.from_dict(data) if isinstance(data, dict) else None
         except (OSError, ValueError, TypeError):
             return None
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Submit a training run to SLURM with submitit: one task per GPU, requeued on preemption/timeout.
 
-    python launch/submit.py --config configs/train/audio_text.yaml --run-dir runs/audio \\
+    python launch/submit.py --config train/audio_text --set data.shards=shards/avamerg --run-dir runs/audio \\
         --nodes 2 --gpus-per-node 4 --partition gpu --time 1440
     python launch/submit.py --cluster local ...     # same job on this machine, for debugging
 

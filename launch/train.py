@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What every launcher runs on every rank: torchrun, accelerate launch, deepspeed, srun, submitit.
 
-    torchrun --nproc_per_node 2 launch/train.py configs/train/audio_text_tiny.yaml --run-dir runs/a
+    torchrun --nproc_per_node 2 launch/train.py demo/audio_text --set data.shards=shards/demo --run-dir runs/a
 
 Same arguments as ``emotrain train`` (see ``--help``). The ``--local_rank`` the deepspeed launcher
 appends is dropped: the rank comes from the environment (emotrain/training/distributed.py).

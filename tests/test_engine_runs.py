@@ -209,7 +209,7 @@ def test_other_launchers_train_identically(reference: tuple[Path, dict], tmp_pat
     if launcher == "accelerate":
         cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "configs/accelerate/multi_process.yaml"),
                "--main_process_port", port, *toy_args(tmp_path)]
-    else:  # passes --local_rank=N to the script (pitfall 12)
+    else:  # passes --local_rank=N to the script, which must accept it
         cmd = [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", port, *toy_args(tmp_path)]
     proc = run(cmd)
     assert proc.returncode == 0, proc.stderr[-3000:]

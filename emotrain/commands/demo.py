@@ -193,6 +193,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wall time: {minutes:.1f} min on {nproc} {'GPU' if torch.cuda.is_available() else 'CPU'} rank(s)")
     print(f"fusion report and plots: {report_dir}  (fusion.md, fusion.png, report.json)")
     for model in MODELS:
-        print(f"{model}: checkpoints {RunDir(runs[model]).checkpoints}, evaluation {runs[model] / 'eval'}")
+        print(f"{model}: checkpoints {RunDir(runs[model]).checkpoints}, evaluation {RunDir(runs[model]).eval_root}")
     print(f"TensorBoard: tensorboard --logdir {work}")
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 from emotrain.config import apply_overrides, find_config, from_dict, read_yaml, resolve_paths
 from emotrain.data.manifest import Manifest
 from emotrain.data.schema import META_FIELDS, meta_vocab_sizes
+from emotrain.errors import UserError
 from emotrain.models.build import ModelConfig, build_model
 
 DEFAULT_META_VOCAB = 64
@@ -24,7 +25,7 @@ DEFAULT_NUM_CLASSES = 7
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a model YAML (configs/model/*.yaml) or a run YAML with a `model:` section; a file or a packaged "
+    parser.add_argument("config", help="a model YAML (model/audio_text) or a run YAML with a `model:` section; a file or a packaged "
                         "name such as model/audio_text")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. text.freeze_layers=0 (model.… for a run YAML)")
     parser.add_argument("--manifest", help="a split's manifest.json (or its folder): metadata vocab sizes and classes")
@@ -43,6 +44,9 @@ def model_data(config: str, overrides: list[str]) -> dict[str, Any]:
     file = find_config(config)
     data = read_yaml(file)
     if "model" in data:
+        stray = [o for o in overrides if not o.startswith("model.")]
+        if stray:
+            raise UserError(f"{file} is a run config: overrides name its model section, e.g. model.{stray[0]}")
         return apply_overrides(resolve_paths(RunModel, {"model": data["model"]}, file.parent), overrides)["model"]
     return apply_overrides(resolve_paths(ModelConfig, data, file.parent), overrides)
 

@@ -383,12 +383,13 @@ def _as_sent(batch: dict[str, Any]) -> dict[str, Any]:
 
 def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size: int, train: bool,
                  rank: int = 0, world_size: int = 1, start_epoch: int = 0,
-                 skip_batches: int = 0) -> tuple[TurnLoader, Manifest]:
+                 skip_batches: int = 0, manifest: Manifest | None = None) -> tuple[TurnLoader, Manifest]:
     """The turn batches for this rank, and the split's manifest.
 
     ``skip_batches`` (training resume): the stream starts where a loader built the same way stood
     after that many batches, as if it had been iterated that far: the skipped conversations are
-    read (the shard order and shuffle buffer advance as before) but not decoded.
+    read (the shard order and shuffle buffer advance as before) but not decoded. ``manifest``: the
+    split's, when the caller already loaded it.
 
     Workers start from a fork server: torchaudio's thread pools can deadlock in workers forked
     from a training process. The fork server imports this module and the decoders once; the
@@ -398,7 +399,7 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
     """
     if batch_size < 1:
         raise UserError("batch size must be at least 1")
-    manifest = Manifest.load(cfg.shards, split)
+    manifest = manifest or Manifest.load(cfg.shards, split)  # callers that hold it pass it down
     urls = manifest.shard_urls()
     dataset = TurnBatches(urls, cfg, modalities, manifest.vocab, batch_size, train, rank, world_size, start_epoch,
                           skip_batches)

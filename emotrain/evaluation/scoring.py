@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from emotrain.data.manifest import Manifest
 from emotrain.data.stream import DataConfig, Modalities, build_loader
 from emotrain.evaluation.gather import Scored, check_complete, gather_to_rank0
 from emotrain.evaluation.metrics import compute_metrics, log_softmax, macro_f1
@@ -59,9 +60,10 @@ def score_batches(predict: Predict, batches: Iterable[Mapping[str, Any]], num_cl
 
 def score_split(predict: Predict, data: DataConfig, modalities: Modalities, split: str, batch_size: int,
                 device: torch.device, rank: int, world_size: int, num_classes: int,
-                progress: bool = False) -> Scored | None:
+                progress: bool = False, manifest: Manifest | None = None) -> Scored | None:
     """Collective: score ``split`` across all ranks; rank 0 gets every turn once (checked), others None."""
-    loader, manifest = build_loader(data, split, modalities, batch_size, train=False, rank=rank, world_size=world_size)
+    loader, manifest = build_loader(data, split, modalities, batch_size, train=False, rank=rank, world_size=world_size,
+                                    manifest=manifest)
     local = score_batches(predict, loader, num_classes, progress=progress and rank == 0)
     merged = gather_to_rank0(local, device)
     if merged is not None:
@@ -81,13 +83,13 @@ class PeriodicValidation:
     """Accuracy and macro-F1 on the val split during training (collective: every rank scores its shards)."""
 
     def __init__(self, data: DataConfig, modalities: Modalities, batch_size: int, rank: int, world_size: int,
-                 device: torch.device, num_classes: int):
-        self.data, self.modalities, self.batch_size = data, modalities, batch_size
+                 device: torch.device, num_classes: int, manifest: Manifest):
+        self.data, self.modalities, self.batch_size, self.manifest = data, modalities, batch_size, manifest
         self.rank, self.world_size, self.device, self.num_classes = rank, world_size, device, num_classes
 
     def __call__(self, predict: Predict, step: int) -> dict[str, float]:
         merged = score_split(predict, self.data, self.modalities, "val", self.batch_size, self.device, self.rank,
-                             self.world_size, self.num_classes)
+                             self.world_size, self.num_classes, manifest=self.manifest)
         if merged is None or not merged.keys:
             return {}
         preds = merged.logits.argmax(axis=1)

@@ -14,7 +14,7 @@ import numpy as np
 
 from emotrain.errors import UserError
 from emotrain.rundir import RunDir
-from emotrain.evaluation.predictions import Predictions, load_classes, load_predictions
+from emotrain.evaluation.predictions import CLASSES_FILE, Predictions, load_classes, load_predictions
 
 SPLITS = ("val", "test")
 
@@ -40,8 +40,8 @@ def load_run(run_dir: str | Path) -> RunPredictions:
     for split, preds in splits.items():
         if preds.num_classes != len(classes):
             raise UserError(
-                f"{pred_dir / (split + '.npz')}: {preds.num_classes} logit columns but "
-                f"{len(classes)} classes in {pred_dir / 'classes.json'}"
+                f"{run.predictions(split)}: {preds.num_classes} logit columns but "
+                f"{len(classes)} classes in {pred_dir / CLASSES_FILE}"
             )
     return RunPredictions(run_dir, classes, splits)
 

@@ -5,7 +5,7 @@ asks for SIGUSR2. While training, all three only stop the loop at an agreed step
 checkpoint; outside it, the previous handlers (submitit's requeue logic) are back in place. Saving a
 DeepSpeed checkpoint inside a signal handler is impossible (the save is collective, and only the
 signalled ranks would run it), so the handler only records the request; the loop agrees on it
-across ranks at the next step and saves there (see ``engine.train``).
+across ranks at the next step and saves there (see ``engine.fit``).
 """
 
 from __future__ import annotations

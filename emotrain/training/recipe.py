@@ -58,14 +58,14 @@ def check_tokenizer(cfg: RunConfig) -> None:
 class TrainStream:
     """The endless train loader for this rank, positioned for a resume, tallying skipped data."""
 
-    def __init__(self, cfg: RunConfig, modalities: Modalities, env: dist.DistEnv):
-        self.cfg, self.modalities, self.env = cfg, modalities, env
+    def __init__(self, cfg: RunConfig, modalities: Modalities, env: dist.DistEnv, manifest: Manifest):
+        self.cfg, self.modalities, self.env, self.manifest = cfg, modalities, env, manifest
         self.skipped: Counter[str] = Counter()
 
     def __call__(self, state: ResumeState) -> Iterator[dict[str, Any]]:
         loader, _ = build_loader(self.cfg.data, "train", self.modalities, self.cfg.train.micro_batch_size, train=True,
                                  rank=self.env.rank, world_size=self.env.world_size,
-                                 skip_batches=state.micro_batches)
+                                 skip_batches=state.micro_batches, manifest=self.manifest)
         for batch in loader:
             self.skipped.update(batch.pop("skipped"))
             yield batch
@@ -89,11 +89,12 @@ def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
     model = build_model(cfg.model, len(manifest.classes), meta_vocab_sizes(manifest.vocab))
     loss_fn = build_loss(cfg.loss, manifest.class_counts())
     modalities = Modalities(audio=cfg.model.needs_audio, video=cfg.model.needs_video)
-    stream = TrainStream(cfg, modalities, env)
+    stream = TrainStream(cfg, modalities, env, manifest)
     validation = None
-    if Manifest.load(cfg.data.shards, "val").turns_for(cfg.data.turns) > 0:
+    val_manifest = Manifest.load(cfg.data.shards, "val")
+    if val_manifest.turns_for(cfg.data.turns) > 0:
         validation = PeriodicValidation(cfg.data, modalities, cfg.eval_batch_size, env.rank, env.world_size,
-                                        dist.device_for(env), len(manifest.classes))
+                                        dist.device_for(env), len(manifest.classes), val_manifest)
     result = fit(model, loss_fn, stream, cfg.train, run.root, env, evaluate_fn=validation, data_stats=stream.stats)
     if env.is_main:
         run.write_status(RunStatus(status=result.stop_reason, step=result.step, total_steps=cfg.train.total_steps,
