@@ -48,3 +48,25 @@ def test_demo_config_loads_and_names_only_its_models():
         assert Path(path).is_absolute() and load_run_config(path).model.kind == model
     with pytest.raises(ConfigError, match="model_overrides"):
         load_config(DemoConfig, DEFAULT_CONFIG, ["model_overrides={audio: [train.lr=1e-3]}"])
+
+
+def test_a_relaunch_with_another_model_or_data_contract_is_refused_and_leaves_the_run(tmp_path):
+    from emotrain.errors import UserError
+    from emotrain.rundir import RunDir
+    from emotrain.training.recipe import check_same_contract
+
+    run = RunDir(tmp_path / "run")
+    cfg = load_run_config("demo/audio_text", [f"data.shards={tmp_path}"])
+    check_same_contract(run, cfg)  # a new run: nothing to compare
+    run.write_config(cfg)
+    check_same_contract(run, cfg)  # a config but no checkpoint yet: a relaunch may change anything
+    tag = run.checkpoints / "step00000010"
+    tag.mkdir(parents=True)
+    (tag / "complete").write_text("{}")
+    before = run.config_path.read_bytes()
+    more_steps = load_run_config("demo/audio_text", [f"data.shards={tmp_path}", "train.total_samples=99999"])
+    check_same_contract(run, more_steps)  # training longer is a relaunch of the same run
+    other = load_run_config("demo/audio_text", [f"data.shards={tmp_path}", "model.hidden=48", "data.turns=last"])
+    with pytest.raises(UserError, match=r"model\.hidden \(32 -> 48\).*data\.turns|data\.turns.*model\.hidden"):
+        check_same_contract(run, other)
+    assert run.config_path.read_bytes() == before

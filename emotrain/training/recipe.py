@@ -38,7 +38,8 @@ from emotrain.evaluation.scoring import PeriodicValidation
 from emotrain.models import build_model
 from emotrain.rundir import RunDir, RunStatus
 from emotrain.training import distributed as dist
-from emotrain.training.checkpoint import ResumeState
+from emotrain.config import to_dict
+from emotrain.training.checkpoint import ResumeState, latest_complete_tag
 from emotrain.training.deepspeed_config import use_bf16
 from emotrain.training.engine import fit
 from emotrain.training.losses import build_loss
@@ -53,6 +54,33 @@ def check_tokenizer(cfg: RunConfig) -> None:
         if size > vocab_size:
             raise UserError(f"tokenizer {cfg.data.text.tokenizer} has {size} tokens but model.text.config.vocab_size "
                             f"is {vocab_size}: set it to at least {size}")
+
+
+# What a checkpoint's weights and its resumed data stream depend on; a relaunch may change the rest
+# (more steps, another learning rate, workers for evaluation), never these.
+CONTRACT = ("model", "data.text", "data.audio", "data.video", "data.turns", "train.bf16")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if isinstance(node, dict) and node:
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
+    return {prefix: node}
+
+
+def check_same_contract(run: RunDir, cfg: RunConfig) -> None:
+    """Refuse, before anything is written, a relaunch whose model or data contract differs from the
+    run's checkpoints: its saved config.yaml is the only record of the architecture they hold."""
+    if not run.is_run() or latest_complete_tag(run.checkpoints) is None:
+        return
+    saved, new = _flat(to_dict(run.read_config())), _flat(to_dict(cfg))
+    differ = sorted(k for k in saved.keys() | new.keys()
+                    if any(k == c or k.startswith(c + ".") for c in CONTRACT) and saved.get(k) != new.get(k))
+    if differ:
+        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {new.get(k)!r})" for k in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise UserError(f"{run.root} holds checkpoints of another configuration: {shown}{more}; "
+                        "relaunch with the run's own settings, or use a new --run-dir")
 
 
 class TrainStream:
@@ -83,6 +111,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
     check_tokenizer(cfg)
     # Decided once (accelerate may ask for bf16) and recorded, so evaluation computes as training did.
     cfg.train.bf16 = use_bf16(cfg.train, dist.read_accelerate_settings())
+    check_same_contract(run, cfg)
     if env.is_main:
         run.write_config(cfg)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
