@@ -13,8 +13,10 @@ submitit job all find their files through :class:`RunDir`, so the layout is spel
     RUN/eval/<split>/            report.json and plots
     RUN/export/                  model.safetensors + config.yaml (emotrain export)
 
-``python -m emotrain.rundir status RUN`` prints the status word (or ``unknown``): the one entry
-point shell scripts use instead of parsing the JSON themselves.
+``python -m emotrain.rundir status RUN [--launch ID]`` prints the status word (or ``unknown``): the
+one entry point shell scripts use instead of parsing the JSON themselves. With ``--launch``, a
+status written by another launch prints ``stale``: a relaunch that crashed before writing its own
+status leaves the previous launch's ``preempted`` behind, which must not requeue the job again.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class RunStatus:
     best_metric: str | None = None
     best_value: float | None = None
     detail: str | None = None  # why it stopped, when that is not plain "all steps done" (early stopping)
+    launch_id: str | None = None  # $EMOTRAIN_LAUNCH_ID of the launch that wrote it (see main)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunStatus:
@@ -156,14 +159,26 @@ class RunDir:
         _write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+LAUNCH_ENV = "EMOTRAIN_LAUNCH_ID"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m emotrain.rundir status RUN``: print the status word, ``unknown`` if there is none."""
+    """``python -m emotrain.rundir status RUN [--launch ID]``: the status word, ``unknown`` if there
+    is none, ``stale`` if ``--launch`` names another launch than the one that wrote it."""
     args = list(sys.argv[1:] if argv is None else argv)
+    launch = None
+    if len(args) == 4 and args[2] == "--launch":
+        args, launch = args[:2], args[3]
     if len(args) != 2 or args[0] != "status":
-        print("usage: python -m emotrain.rundir status RUN_DIR", file=sys.stderr)
+        print("usage: python -m emotrain.rundir status RUN_DIR [--launch ID]", file=sys.stderr)
         return 2
     status = RunDir(args[1]).read_status()
-    print(status.status if status else "unknown")
+    if status is None:
+        print("unknown")
+    elif launch is not None and status.launch_id != launch:
+        print("stale")
+    else:
+        print(status.status)
     return 0
 
 

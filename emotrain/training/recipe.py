@@ -22,6 +22,7 @@ world size is checked at resume).
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +37,7 @@ from emotrain.data.text import load_tokenizer
 from emotrain.errors import UserError
 from emotrain.evaluation.scoring import PeriodicValidation
 from emotrain.models import build_model
-from emotrain.rundir import RunDir, RunStatus
+from emotrain.rundir import LAUNCH_ENV, RunDir, RunStatus
 from emotrain.training import distributed as dist
 from emotrain.config import to_dict
 from emotrain.training.checkpoint import ResumeState, latest_complete_tag
@@ -131,7 +132,8 @@ def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
                                    num_nodes=env.num_nodes, launcher=env.launcher, best_step=result.best_step,
                                    best_metric=cfg.train.best_metric if result.best_step is not None else None,
                                    best_value=result.best_value,
-                                   detail="early stopping" if result.early_stopped else None))
+                                   detail="early stopping" if result.early_stopped else None,
+                                   launch_id=os.environ.get(LAUNCH_ENV)))
         print(f"train: {result.stop_reason} at step {result.step}/{cfg.train.total_steps}"
               + (" (early stopping)" if result.early_stopped else "")
               + (f" (resumed from step {result.resumed_from})" if result.resumed_from else "")
