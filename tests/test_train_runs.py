@@ -139,3 +139,46 @@ def test_kill9_and_resume_continue_the_real_stream_exactly(shards, tmp_path):
     whole, again = scalars(tmp_path / "whole")["train/loss"], scalars(killed)["train/loss"]
     assert [s for s, _ in whole] == list(range(1, 13)) and [s for s, _ in again] == list(range(1, 13))
     assert max(abs(a - b) for (_, a), (_, b) in zip(whole, again)) == 0.0, str([(s, round(a - b, 6)) for (s, a), (_, b) in zip(whole, again)])
+
+
+def descendants(pid: int) -> list[int]:
+    from test_engine_runs import children
+
+    found, pending = [], children(pid)
+    while pending:
+        found.append(pending.pop())
+        pending += children(found[-1])
+    return found
+
+
+@pytest.mark.parametrize("who", ["ranks_and_their_helpers", "torchrun_too"])
+def test_sigterm_to_every_process_of_the_step_still_checkpoints(who, shards, tmp_path):
+    """What slurmstepd does at preemption, scancel or a time limit: SIGTERM to every process, loader
+    workers and the fork server included (2 ranks x 2 workers, model B)."""
+    import os
+    import signal
+
+    from test_engine_runs import wait_for
+
+    # 16 micro-batches per step and rank: more than the workers hold prefetched (2 x 4), so the step
+    # after the signal needs live workers.
+    args = train_args("video_text", shards, tmp_path) + [
+        "--set", "train.total_samples=16000", "--set", "train.global_batch_size=256", "--set", "data.num_workers=2",
+        "--set", "train.eval_every_steps=0", "--set", "train.checkpoint_every_steps=2", "--set", "train.warmup_samples=0"]
+    proc = subprocess.Popen([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), *args],
+                            env=child_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "checkpoints" / "step00000002" / "complete", proc, timeout=TIMEOUT)
+    victims = descendants(proc.pid) + ([proc.pid] if who == "torchrun_too" else [])
+    assert len(victims) >= 2 + 2 * 2 + 1  # 2 ranks, their 4 workers, at least one fork server
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    _, stderr = proc.communicate(timeout=TIMEOUT)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "preempted", stderr[-3000:]
+    assert (tmp_path / "checkpoints" / f"step{status['step']:08d}" / "complete").is_file()
+    assert status["step"] > 2 and "exited unexpectedly" not in stderr
+    if who == "ranks_and_their_helpers":
+        assert proc.returncode == 0, stderr[-3000:]

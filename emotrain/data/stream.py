@@ -38,6 +38,8 @@ import json
 import logging
 import math
 import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -56,7 +58,7 @@ from emotrain.data.shardlists import ShardSource
 from emotrain.data.text import MetadataEncoder, TextConfig, context_text, load_tokenizer, pad_token_batch, tokenize_turn
 from emotrain.config import path_field
 from emotrain.errors import UserError
-from emotrain.training.preemption import ignore_stop_notices
+from emotrain.training.preemption import ignore_stop_notices, stop_signals_blocked
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +413,11 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
                               "generator": torch.Generator().manual_seed(cfg.seed)}
     if cfg.num_workers > 0:
         FORKSERVER.set_forkserver_preload(WORKER_PRELOAD)  # a no-op once the server runs
+        # The fork server must outlive a SIGTERM to every process of the job. The resource tracker it
+        # starts first unblocks SIGTERM in this process once it runs, so it is started beforehand.
+        multiprocessing.resource_tracker.ensure_running()
+        with stop_signals_blocked():
+            multiprocessing.forkserver.ensure_running()
         kwargs.update(multiprocessing_context=FORKSERVER, prefetch_factor=4, persistent_workers=False,
                       worker_init_fn=ignore_stop_notices)
     return TurnLoader(torch.utils.data.DataLoader(dataset, **kwargs)), manifest

@@ -10,22 +10,40 @@ across ranks at the next step and saves there (see ``engine.fit``).
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-# `scancel --signal` and SLURM's `--signal` reach every process of the step, loader workers too.
-NOTICE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 def ignore_stop_notices(worker_id: int = 0) -> None:
-    """DataLoader ``worker_init_fn``: the USR notices are the training process's to act on.
+    """DataLoader ``worker_init_fn``: the stop signals are the training process's to act on.
 
-    By default they kill a worker, and the training process then fails on the lost worker
-    before it can checkpoint.
+    At preemption, ``scancel`` or a time limit, ``slurmstepd`` sends SIGTERM (``--signal``: USR1)
+    to every process of the step, loader workers included. By default it kills a worker, and the
+    training process then fails on the lost worker ("DataLoader worker exited unexpectedly")
+    before it can checkpoint. A worker still ends with its training process: the DataLoader shuts
+    it down, and it exits by itself when that process dies.
     """
-    for sig in NOTICE_SIGNALS:
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """Hold the stop signals back (delivered on exit, never lost) while a helper process starts.
+
+    A process started meanwhile inherits the blocked mask and never receives them: how the
+    loader's fork server (and every worker forked from it) is kept alive through a SIGTERM sent
+    to every process of the job, while this process still gets its own.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class StopRequest:
