@@ -102,3 +102,10 @@ def test_turns_last_is_scored_exactly_once_against_its_own_count(five_shards, tm
     with pytest.raises(UserError, match="pack the corpus again"):
         evaluate_model(model, data_config(wrong, turns="last"), Modalities(False, False), "train", 3,
                        torch.device("cpu"), False, 0, 1, 7)
+
+
+def test_an_empty_split_is_one_clear_error(five_shards):
+    """five_shards holds every conversation in train: val has nothing to score."""
+    with pytest.raises(UserError, match="val holds no labelled turns"):
+        evaluate_model(CountingModel(), data_config(five_shards), Modalities(False, False), "val", 3,
+                       torch.device("cpu"), False, 0, 1, 7)

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from emotrain.data.manifest import Manifest
+from emotrain.errors import UserError
 from emotrain.data.stream import DataConfig, Modalities, build_loader
 from emotrain.evaluation.gather import Scored, check_complete, gather_to_rank0
 from emotrain.evaluation.metrics import compute_metrics, log_softmax, macro_f1
@@ -62,6 +63,9 @@ def score_split(predict: Predict, data: DataConfig, modalities: Modalities, spli
                 device: torch.device, rank: int, world_size: int, num_classes: int,
                 progress: bool = False, manifest: Manifest | None = None) -> Scored | None:
     """Collective: score ``split`` across all ranks; rank 0 gets every turn once (checked), others None."""
+    manifest = manifest or Manifest.load(data.shards, split)
+    if manifest.turns_for(data.turns) == 0:  # every rank sees the same manifest: all refuse together
+        raise UserError(f"{data.shards}/{split} holds no labelled turns to score (data.turns={data.turns})")
     loader, manifest = build_loader(data, split, modalities, batch_size, train=False, rank=rank, world_size=world_size,
                                     manifest=manifest)
     local = score_batches(predict, loader, num_classes, progress=progress and rank == 0)
