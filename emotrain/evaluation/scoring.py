@@ -23,8 +23,8 @@ import torch
 from tqdm import tqdm
 
 from emotrain.data.manifest import Manifest
-from emotrain.errors import UserError
 from emotrain.data.stream import DataConfig, Modalities, build_loader
+from emotrain.errors import UserError
 from emotrain.evaluation.gather import Scored, check_complete, gather_to_rank0
 from emotrain.evaluation.metrics import compute_metrics, log_softmax, macro_f1
 from emotrain.evaluation.predictions import save_classes, save_predictions
