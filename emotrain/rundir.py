@@ -142,6 +142,16 @@ class RunDir:
 
         return load_run_config(self.require().config_path)
 
+    def model_kind(self) -> str | None:
+        """``model.kind`` of the saved config without validating the rest (None when there is none)."""
+        from emotrain.config import ConfigError, read_yaml
+
+        try:
+            model = read_yaml(self.config_path).get("model") if self.is_run() else None
+        except ConfigError:
+            return None
+        return model.get("kind") if isinstance(model, dict) else None
+
     def write_status(self, status: RunStatus) -> None:
         _write_atomic(self.status_path, json.dumps(asdict(status), indent=2) + "\n")
 

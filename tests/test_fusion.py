@@ -207,3 +207,20 @@ def test_mean_and_confidence_fusion_without_learning():
     probs = conf.predict_proba(la, lb)
     np.testing.assert_allclose(probs[1], [0.3, 0.7], atol=1e-9)  # a uniform model gets no weight
     assert 0.55 < probs[0, 0] < 0.9  # the more certain model A (entropy 0.33 vs 0.50) counts more
+
+
+def test_fusion_refuses_runs_that_do_not_belong_together(tmp_path):
+    import yaml
+
+    run_a, run_b = make_runs(tmp_path, n_val=100, n_test=100)
+    with pytest.raises(UserError, match="same run"):
+        fuse_runs(load_run(run_a), load_run(run_a), small_config(strategies=["mean"]))
+    (run_a / "config.yaml").write_text(yaml.safe_dump({"model": {"kind": "video_text"}}))
+    with pytest.raises(UserError, match="swapped"):
+        fuse_runs(load_run(run_a), load_run(run_b), small_config(strategies=["mean"]))
+    (run_a / "config.yaml").write_text(yaml.safe_dump({"model": {"kind": "audio_text"}}))
+    test_b = load_predictions(run_b / "predictions" / "test.npz")
+    disjoint = np.char.add("other_", test_b.keys.astype(str))  # B was scored on other shards
+    save_predictions(run_b / "predictions" / "test.npz", list(disjoint), test_b.logits, test_b.labels)
+    with pytest.raises(UserError, match="test: only 0 of the 200 labelled keys were scored by both"):
+        fuse_runs(load_run(run_a), load_run(run_b), small_config(strategies=["mean"]))

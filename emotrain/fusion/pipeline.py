@@ -61,8 +61,13 @@ class FusionConfig:
     stacking: StackingConfig = field(default_factory=StackingConfig)
     gating: GatingConfig = field(default_factory=GatingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # Of the labelled keys either model scored on a split, at least this share must be scored by
+    # both: runs evaluated on different shards would otherwise "fuse" over a handful of rows.
+    min_key_overlap: float = 0.5
 
     def validate(self) -> None:
+        if not 0.0 <= self.min_key_overlap <= 1.0:
+            raise ValueError(f"min_key_overlap must be in [0, 1], got {self.min_key_overlap}")
         unknown = sorted(set(self.strategies) - set(STRATEGY_NAMES))
         if unknown or not self.strategies or len(set(self.strategies)) != len(self.strategies):
             raise ValueError(f"strategies must be distinct names from {list(STRATEGY_NAMES)} (unknown: {unknown})")
@@ -97,11 +102,28 @@ def _fused_with_fallback(strategy: FusionStrategy, test: Aligned) -> tuple[np.nd
     return np.concatenate(probs), np.concatenate(labels)
 
 
+def check_kinds(audio: RunPredictions, video: RunPredictions) -> None:
+    """The audio run is model A, the video run model B, and they are two runs (when their configs say)."""
+    if audio.path.resolve() == video.path.resolve():
+        raise UserError(f"--audio and --video name the same run: {audio.path}")
+    for flag, run, kind in (("--audio", audio, "audio_text"), ("--video", video, "video_text")):
+        if run.kind is not None and run.kind != kind:
+            raise UserError(f"{flag} {run.path} is a {run.kind} run, not {kind} (swapped --audio and --video?)")
+
+
 def fuse_runs(a: RunPredictions, b: RunPredictions, config: FusionConfig) -> FusionResult:
     """Fit every strategy on val (keys both models scored), pick one by val macro-F1, score all on test."""
+    check_kinds(a, b)
     classes = check_same_classes(a, b)
     val = align(a.splits["val"], b.splits["val"], "val")
     test = align(a.splits["test"], b.splits["test"], "test")
+    for split, aligned in (("val", val), ("test", test)):
+        counts = aligned.counts(*MODEL_NAMES)
+        scored = counts["both"] + counts["only_audio"] + counts["only_video"]
+        if scored == 0 or counts["both"] / scored < config.min_key_overlap:
+            raise UserError(
+                f"{split}: only {counts['both']} of the {scored} labelled keys were scored by both runs "
+                f"(min_key_overlap {config.min_key_overlap}): were they evaluated on the same shards?")
     if len(val.labels) == 0:
         raise UserError("the two runs share no labelled validation keys: nothing to fit fusion on")
     try:

@@ -26,6 +26,7 @@ class RunPredictions:
     path: Path
     classes: list[str]
     splits: dict[str, Predictions]
+    kind: str | None = None  # model.kind of the run's config, when the folder holds one
 
 
 def load_run(run_dir: str | Path) -> RunPredictions:
@@ -43,7 +44,7 @@ def load_run(run_dir: str | Path) -> RunPredictions:
                 f"{run.predictions(split)}: {preds.num_classes} logit columns but "
                 f"{len(classes)} classes in {pred_dir / CLASSES_FILE}"
             )
-    return RunPredictions(run_dir, classes, splits)
+    return RunPredictions(run_dir, classes, splits, run.model_kind())
 
 
 def check_same_classes(a: RunPredictions, b: RunPredictions) -> list[str]:
