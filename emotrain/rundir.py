@@ -21,9 +21,13 @@ status leaves the previous launch's ``preempted`` behind, which must not requeue
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,6 +155,31 @@ class RunDir:
         except ConfigError:
             return None
         return model.get("kind") if isinstance(model, dict) else None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``RUN/.lock`` while training: a second launch into the same run is refused with one line.
+
+        An advisory ``flock``: the kernel releases it when the holder exits, however it exits, so a
+        crashed or killed launch never leaves a stale lock (the file itself stays and is reused).
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        with open(path, "a+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise UserError(f"{self.root} is being trained by {holder}: wait for it, or use another --run-dir") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def write_status(self, status: RunStatus) -> None:
         _write_atomic(self.status_path, json.dumps(asdict(status), indent=2) + "\n")

@@ -22,6 +22,7 @@ world size is checked at resume).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -106,6 +107,13 @@ class TrainStream:
 def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
     """Train on this rank; every rank calls it. Returns the process exit code."""
     run = RunDir(run_dir)
+    # Rank 0 holds the run's lock for the whole launch; a second launch fails on its rank 0, and the
+    # launcher (torchrun, srun --kill-on-bad-exit) ends its other ranks.
+    with run.lock() if env.is_main else contextlib.nullcontext():
+        return _run_training(cfg, run, env)
+
+
+def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
     manifest = Manifest.load(cfg.data.shards, "train")
     if manifest.turns_for(cfg.data.turns) == 0:
         raise UserError(f"{cfg.data.shards}/train holds no labelled turns (data.turns={cfg.data.turns})")
