@@ -14,7 +14,9 @@ The checkpoint folder must be on a file system every node sees (rank 0 checks al
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -32,8 +34,10 @@ from emotrain.training.rng import capture_rng_state, restore_rng_state
 
 COMPLETE = "complete"
 LATEST = "latest"
+FILES = "files"  # in the complete marker: [size, sha256] of every file of the tag
 BEST = "best"  # names the best tag so far (train.best_metric); the rotation never deletes it
 _TAG = re.compile(r"step(\d{8,})")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +59,7 @@ class ResumeState:
     def from_dict(cls, data: dict) -> ResumeState:
         """Read a ``complete`` marker (one written before ``best`` existed has none)."""
         data = dict(data)
+        data.pop(FILES, None)
         best = BestState(**data.pop("best", {}))
         return cls(**data, best=best)
 
@@ -95,8 +100,52 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
 
 
 def latest_complete_tag(ckpt_dir: Path) -> str | None:
+    """The newest tag with a ``complete`` marker, verified or not (see :func:`latest_good_tag`)."""
     tags = complete_tags(ckpt_dir)
     return tags[-1] if tags else None
+
+
+def _digests(tag_dir: Path) -> dict[str, list]:
+    """[size, sha256] of every file of a tag but the marker, by path relative to the tag."""
+    out = {}
+    for path in sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != COMPLETE):
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        out[str(path.relative_to(tag_dir))] = [path.stat().st_size, digest.hexdigest()]
+    return out
+
+
+def verify(tag_dir: Path) -> str | None:
+    """Why a complete tag cannot be trusted (a file missing, truncated or changed since the save), or None.
+
+    A marker from before the file list was recorded is trusted as it is."""
+    try:
+        files = json.loads((tag_dir / COMPLETE).read_text(encoding="utf-8")).get(FILES)
+    except (OSError, ValueError, AttributeError) as err:
+        return f"unreadable {COMPLETE} marker ({err})"
+    if files is None:
+        return None
+    for name, (size, sha256) in files.items():
+        path = tag_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were saved"
+    actual = _digests(tag_dir)
+    changed = [name for name in files if actual.get(name, [None, None])[1] != files[name][1]]
+    return f"{changed[0]} differs from what was saved" if changed else None
+
+
+def latest_good_tag(ckpt_dir: Path) -> str | None:
+    """The newest complete tag that verifies; a damaged newer one is passed over with a warning."""
+    for tag in reversed(complete_tags(ckpt_dir)):
+        reason = verify(ckpt_dir / tag)
+        if reason is None:
+            return tag
+        log.warning("checkpoint %s is damaged (%s): falling back to an older one", ckpt_dir / tag, reason)
+    return None
 
 
 def best_tag(ckpt_dir: Path) -> str | None:
@@ -105,7 +154,13 @@ def best_tag(ckpt_dir: Path) -> str | None:
         tag = (ckpt_dir / BEST).read_text(encoding="utf-8").strip()
     except OSError:
         return None
-    return tag if step_of(tag) is not None and (ckpt_dir / tag / COMPLETE).is_file() else None
+    if step_of(tag) is None or not (ckpt_dir / tag / COMPLETE).is_file():
+        return None
+    reason = verify(ckpt_dir / tag)
+    if reason is not None:
+        log.warning("the best checkpoint %s is damaged (%s): using the newest good one", ckpt_dir / tag, reason)
+        return None
+    return tag
 
 
 def default_tag(ckpt_dir: Path, prefer_last: bool = False) -> tuple[str, str] | None:
@@ -113,7 +168,7 @@ def default_tag(ckpt_dir: Path, prefer_last: bool = False) -> tuple[str, str] | 
     best = None if prefer_last else best_tag(ckpt_dir)
     if best is not None:
         return best, "best"
-    last = latest_complete_tag(ckpt_dir)
+    last = latest_good_tag(ckpt_dir)
     return (last, "last") if last is not None else None
 
 
@@ -128,6 +183,9 @@ def choose_tag(ckpt_dir: Path, tag: str | None = None, last: bool = False) -> tu
         if not (ckpt_dir / tag / COMPLETE).is_file():
             known = ", ".join(complete_tags(ckpt_dir)) or "none"
             raise UserError(f"{ckpt_dir / tag} is not a complete checkpoint (complete: {known})")
+        reason = verify(ckpt_dir / tag)
+        if reason is not None:
+            raise UserError(f"{ckpt_dir / tag} is damaged: {reason}")
         return tag, "best" if tag == best_tag(ckpt_dir) else "requested"
     chosen = default_tag(ckpt_dir, prefer_last=last)
     if chosen is None:
@@ -162,7 +220,8 @@ def save(engine, run_dir: str | Path, state: ResumeState, env: dist.DistEnv, kee
         missing = [r for r in range(env.world_size) if not _rng_file(tag_dir, r).is_file()]
         if missing:
             raise RuntimeError(f"{tag_dir}: ranks {missing} wrote no files; is {ckpt_dir} on a shared file system?")
-        _atomic_write(tag_dir / COMPLETE, json.dumps(asdict(state)) + "\n")
+        # The file list lets a later reader verify the tag (a truncated or half-copied file is caught).
+        _atomic_write(tag_dir / COMPLETE, json.dumps({**asdict(state), FILES: _digests(tag_dir)}) + "\n")
         _atomic_write(ckpt_dir / LATEST, tag)
         if is_best:
             _atomic_write(ckpt_dir / BEST, tag)
@@ -174,7 +233,7 @@ def save(engine, run_dir: str | Path, state: ResumeState, env: dist.DistEnv, kee
 def resume(engine, run_dir: str | Path, env: dist.DistEnv) -> ResumeState | None:
     """Collective: load the newest complete checkpoint into ``engine`` and this rank's RNG; None if none."""
     ckpt_dir = checkpoint_dir(run_dir)
-    tag = dist.broadcast_from_main(latest_complete_tag(ckpt_dir) if env.is_main else None)
+    tag = dist.broadcast_from_main(latest_good_tag(ckpt_dir) if env.is_main else None)
     if tag is None:
         return None
     state = ResumeState.from_dict(json.loads((ckpt_dir / tag / COMPLETE).read_text(encoding="utf-8")))
@@ -199,7 +258,7 @@ def fp32_state_dict(run_dir: str | Path, tag: str | None = None) -> dict[str, to
     DeepSpeed's bf16 stage-0/1 optimizers store their fp32 copies in a layout ``zero_to_fp32`` cannot read.
     """
     ckpt_dir = checkpoint_dir(run_dir)
-    tag = tag or latest_complete_tag(ckpt_dir)
+    tag = tag or latest_good_tag(ckpt_dir)
     if tag is None:
         raise FileNotFoundError(f"no complete checkpoint under {ckpt_dir}")
     module_file = ckpt_dir / tag / "mp_rank_00_model_states.pt"  # ZeRO-3 writes one per rank instead
