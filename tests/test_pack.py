@@ -81,6 +81,7 @@ def test_bad_clips_and_records_lose_nothing_else(corpus, tmp_path):
     data = wavs[2].read_bytes(); wavs[2].write_bytes(data[: len(data) // 3])  # truncated
     mp4s[3].write_bytes(b"\x00\x01garbage" * 100)      # corrupt
     big = wavs[4]; big.write_bytes(big.read_bytes() + b"\x00" * 3_000_000)  # over size (with max_clip_mb=2)
+    wavs[5].unlink(); wavs[5].mkdir()                  # unreadable (a folder: root reads any file)
     bad_type = dict(records[0], conversation_id="99999", turns={"not": "a list"})
     unsafe = dict(records[1], conversation_id="../../evil")
     duplicate = dict(records[2])
@@ -98,6 +99,7 @@ def test_bad_clips_and_records_lose_nothing_else(corpus, tmp_path):
     assert by_id[wavs[2].name]["reason"].startswith("undecodable wav")
     assert by_id[mp4s[3].name]["reason"].startswith("undecodable mp4")
     assert by_id[big.name]["reason"].startswith("over size limit")
+    assert by_id[wavs[5].name]["reason"].startswith("unreadable")
     assert "turns should be list" in by_id["99999"]["reason"]
     assert "unsafe" in by_id["../../evil"]["reason"]
     assert any(s["kind"] == "conversation" and "duplicate" in s["reason"] for s in skipped)
@@ -105,7 +107,7 @@ def test_bad_clips_and_records_lose_nothing_else(corpus, tmp_path):
     packed_ids = {i for m in manifests.values() for i in m.conversation_ids}
     assert packed_ids == {r["conversation_id"] for r in records} | {"88888"}
     # 88888 is a copy of a record under a new id, so none of its clips exist on disk.
-    expected_clips = 2 * sum(len(r["turns"][-1]["dialogue_history"]) for r in records) - 5
+    expected_clips = 2 * sum(len(r["turns"][-1]["dialogue_history"]) for r in records) - 6  # the 6 bad clips above
     copied_clips = 2 * len(unmapped["turns"][-1]["dialogue_history"])
     missing_copied = [s for s in skipped if s["kind"] == "clip" and s["id"].startswith("dia88888")]
     assert len(missing_copied) == copied_clips and {s["reason"] for s in missing_copied} == {"missing file"}
@@ -154,6 +156,16 @@ def test_cli_fails_with_one_line(corpus, tmp_path, capsys):
     (bad / "train.json").write_bytes(b"\xff\xfe")
     assert cli_main(["pack", "--avamerg", str(bad), "--out", str(tmp_path / "o3"), "--no-progress"]) == 2
     assert "not UTF-8" in capsys.readouterr().err
+    (bad / "train.json").unlink()
+    (bad / "train.json").mkdir()  # unreadable JSON
+    assert cli_main(["pack", "--avamerg", str(bad), "--out", str(tmp_path / "o4"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read it" in err[0]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert cli_main(["pack", "--avamerg", str(corpus), "--out", str(blocker / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write to --out" in err[0]
 
 
 def test_cli_happy_path_prints_summary(corpus, tmp_path, capsys):

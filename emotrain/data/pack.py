@@ -73,11 +73,16 @@ def _read_clip(path: Path, max_bytes: int) -> tuple[bytes | None, str]:
         size = path.stat().st_size
     except FileNotFoundError:
         return None, "missing file"
+    except OSError as err:
+        return None, f"unreadable ({err.strerror or err})"
     if size == 0:
         return None, "zero-byte file"
     if size > max_bytes:
         return None, f"over size limit ({size} > {max_bytes} bytes)"
-    return path.read_bytes(), ""
+    try:
+        return path.read_bytes(), ""
+    except OSError as err:  # no permission, a folder where a clip should be, an I/O error
+        return None, f"unreadable ({err.strerror or err})"
 
 
 def encode_conversation(
@@ -307,6 +312,13 @@ def pack(opts: PackOptions) -> dict[str, Manifest]:
     source_json = opts.source / opts.json_name
     if not opts.source.is_dir():
         raise UserError(f"AvaMERG folder not found: {opts.source}")
+    try:  # fail before any work when the output cannot be written
+        opts.out.mkdir(parents=True, exist_ok=True)
+        probe = opts.out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write to --out {opts.out}: {err.strerror or err}") from None
     conversations, input_skips = read_conversations(source_json)
     records = len(conversations) + sum(1 for s in input_skips if s.kind == "conversation")
     media = MediaDirs.locate(opts.source, opts.audio_dir, opts.video_dir)
