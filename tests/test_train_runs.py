@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import torch
+
 import pytest
 from test_engine_runs import BIN, REPO, TIMEOUT, child_env, scalars
 
@@ -182,3 +184,26 @@ def test_sigterm_to_every_process_of_the_step_still_checkpoints(who, shards, tmp
     assert status["step"] > 2 and "exited unexpectedly" not in stderr
     if who == "ranks_and_their_helpers":
         assert proc.returncode == 0, stderr[-3000:]
+
+
+def test_a_run_continues_on_another_world_size_from_its_weights(shards, tmp_path):
+    """Resuming 1-rank checkpoints on 2 ranks is refused with the way out; train.init_from takes it."""
+    one = ["--set", "train.total_samples=32", "--set", "train.global_batch_size=16", "--set", "train.checkpoint_every_steps=2"]
+    run([str(BIN / "emotrain"), "train", *train_args("video_text", shards, tmp_path / "one")[1:], *one])
+    two = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port())]
+    refused = subprocess.run([*two, *train_args("video_text", shards, tmp_path / "one"), *one], env=child_env(),
+                             cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    assert refused.returncode != 0 and f"train.init_from={tmp_path / 'one'}" in refused.stderr
+    # a learning rate too small to move the weights: the new run's weights must be the old run's
+    frozen = ["--set", "train.lr=1e-12", "--set", "train.encoder_lr=1e-12", "--set", "train.warmup_samples=0"]
+    started = run([*two, *train_args("video_text", shards, tmp_path / "two"), *one, *frozen,
+                   "--set", f"train.init_from={tmp_path / 'one'}"])
+    assert f"initialised from {tmp_path / 'one'}" in started.stdout
+    assert json.loads((tmp_path / "two" / "status.json").read_text())["world_size"] == 2
+    from emotrain.training.checkpoint import fp32_state_dict
+
+    old, new = fp32_state_dict(tmp_path / "one"), fp32_state_dict(tmp_path / "two")
+    assert old.keys() == new.keys()
+    # DeepSpeed's bf16 engine builds its fp32 master weights from the bf16 module: the new run starts
+    # from the old weights rounded to bf16
+    assert all(torch.allclose(old[k].bfloat16().float(), new[k], atol=1e-6) for k in old if old[k].is_floating_point())

@@ -238,15 +238,31 @@ def resume(engine, run_dir: str | Path, env: dist.DistEnv) -> ResumeState | None
         return None
     state = ResumeState.from_dict(json.loads((ckpt_dir / tag / COMPLETE).read_text(encoding="utf-8")))
     if state.world_size != env.world_size:
-        raise RuntimeError(
-            f"{ckpt_dir / tag} was written by {state.world_size} ranks, this run has {env.world_size}: "
-            "ZeRO shards do not re-split; export the weights (emotrain export) and start a new run from them"
+        raise UserError(
+            f"{ckpt_dir / tag} was written by {state.world_size} ranks, this run has {env.world_size}: ZeRO "
+            f"shards do not re-split; start a new run from its weights with --set train.init_from={run_dir} "
+            "(the optimizer starts afresh)"
         )
     path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load {ckpt_dir / tag}")
     restore_rng_state(torch.load(_rng_file(ckpt_dir / tag, env.rank), weights_only=True))
     return state
+
+
+def initial_weights(source: str | Path) -> dict[str, torch.Tensor]:
+    """Weights to start a new run from (``train.init_from``): an export folder (``model.safetensors``)
+    or a run directory (its best checkpoint, else its newest good one). Never unpickles anything."""
+    source = Path(source)
+    if (source / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(source / "model.safetensors"))
+    run = RunDir(source)
+    if run.is_run():
+        tag, _ = choose_tag(run.checkpoints)
+        return fp32_state_dict(run.root, tag)
+    raise UserError(f"train.init_from {source}: neither an export (model.safetensors) nor a run directory")
 
 
 def fp32_state_dict(run_dir: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:

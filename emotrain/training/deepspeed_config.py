@@ -47,6 +47,9 @@ class TrainConfig:
     early_stopping: EarlyStopping | None = None  # {patience: N evaluations, min_delta: x}; off when absent
     log_every_steps: int = 10
     max_consecutive_nonfinite: int = 20
+    # Start a new run from these weights (an `emotrain export` folder or a run directory), optimizer
+    # afresh: how a run continues on another number of ranks. Ignored when the run resumes.
+    init_from: str | None = path_field(default=None)
     seed: int = 0
 
     def validate(self) -> None:

@@ -41,7 +41,7 @@ from emotrain.models import build_model
 from emotrain.rundir import LAUNCH_ENV, RunDir, RunStatus
 from emotrain.training import distributed as dist
 from emotrain.config import to_dict
-from emotrain.training.checkpoint import ResumeState, latest_complete_tag
+from emotrain.training.checkpoint import ResumeState, initial_weights, latest_complete_tag
 from emotrain.training.deepspeed_config import use_bf16
 from emotrain.training.engine import fit
 from emotrain.training.losses import build_loss
@@ -85,6 +85,21 @@ def check_same_contract(run: RunDir, cfg: RunConfig) -> None:
                         "relaunch with the run's own settings, or use a new --run-dir")
 
 
+def load_initial_weights(model: torch.nn.Module, source: str, env: dist.DistEnv) -> None:
+    """``train.init_from``: every rank loads the same weights (every key must match the model)."""
+    weights = initial_weights(source)
+    missing, unexpected = set(model.state_dict()) - set(weights), set(weights) - set(model.state_dict())
+    if missing or unexpected:
+        raise UserError(f"train.init_from {source} does not fit this model: {len(missing)} missing key(s) "
+                        f"(e.g. {sorted(missing)[:1]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:1]})")
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:  # a shape differs
+        raise UserError(f"train.init_from {source} does not fit this model: {str(err).splitlines()[-1].strip()}") from None
+    if env.is_main:
+        print(f"train: initialised from {source} (weights only; the optimizer starts afresh)")
+
+
 class TrainStream:
     """The endless train loader for this rank, positioned for a resume, tallying skipped data."""
 
@@ -125,6 +140,8 @@ def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
         run.write_config(cfg)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     model = build_model(cfg.model, len(manifest.classes), meta_vocab_sizes(manifest.vocab))
+    if cfg.train.init_from and latest_complete_tag(run.checkpoints) is None:
+        load_initial_weights(model, cfg.train.init_from, env)
     loss_fn = build_loss(cfg.loss, manifest.class_counts())
     modalities = Modalities(audio=cfg.model.needs_audio, video=cfg.model.needs_video)
     stream = TrainStream(cfg, modalities, env, manifest)
