@@ -265,15 +265,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = parse_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-            node = child
-        node[parts[-1]] = value
+        set_dotted(data, key.split("."), value, f"override {item!r}")
     return data
+
+
+def set_dotted(data: dict[str, Any], parts: list[str], value: Any, what: str) -> None:
+    """``data[a][b][c] = value`` for ``parts`` ``[a, b, c]``, creating sections on the way."""
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -314,15 +318,5 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
             value = resolved
             for part in parts:
                 value = value[part]
-            _set(data, parts, value)
+            set_dotted(data, parts, value, f"override {item!r}")
     return from_dict(cls, data)
-
-
-def _set(data: dict[str, Any], parts: list[str], value: Any) -> None:
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {'.'.join(parts)}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
