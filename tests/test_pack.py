@@ -9,7 +9,6 @@ from corpus import copy_corpus, make_corpus, make_shards, pack_options
 from emotrain.cli import main as cli_main
 from emotrain.data.pack import pack
 from emotrain.config import to_dict
-from emotrain.errors import UserError
 
 
 @pytest.fixture(scope="module")
