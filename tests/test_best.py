@@ -98,3 +98,15 @@ def test_a_resumed_run_keeps_its_best_and_its_patience(tmp_path):
     # A fresh counter would have run to step 16; the kept one stops at the third evaluation without improvement.
     assert (result["resumed_from"], result["step"], result["early_stopped"]) == (8, 10, True)
     assert result["best_step"] == 4 and _tags(tmp_path) == ["step00000004", "step00000010"]
+
+
+def test_rotation_reads_which_tag_is_best_without_hashing_it(tmp_path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    _fake_tags(root, [10, 20, 30], best=10)
+
+    def no_hashing(tag_dir):
+        raise AssertionError(f"prune verified {tag_dir}: a save would hash the best checkpoint again")
+
+    monkeypatch.setattr(checkpoint, "verify", no_hashing)
+    checkpoint.prune(root, keep=1)
+    assert checkpoint.complete_tags(root) == ["step00000010", "step00000030"]

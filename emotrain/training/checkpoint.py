@@ -148,13 +148,19 @@ def latest_good_tag(ckpt_dir: Path) -> str | None:
     return None
 
 
-def best_tag(ckpt_dir: Path) -> str | None:
-    """The tag ``best`` names, when it is a complete checkpoint."""
+def _best_name(ckpt_dir: Path) -> str | None:
+    """The tag ``best`` names, when it is a complete checkpoint (not verified: no hashing)."""
     try:
         tag = (ckpt_dir / BEST).read_text(encoding="utf-8").strip()
     except OSError:
         return None
-    if step_of(tag) is None or not (ckpt_dir / tag / COMPLETE).is_file():
+    return tag if step_of(tag) is not None and (ckpt_dir / tag / COMPLETE).is_file() else None
+
+
+def best_tag(ckpt_dir: Path) -> str | None:
+    """The best checkpoint, when it is complete and verifies."""
+    tag = _best_name(ckpt_dir)
+    if tag is None:
         return None
     reason = verify(ckpt_dir / tag)
     if reason is not None:
@@ -186,7 +192,7 @@ def choose_tag(ckpt_dir: Path, tag: str | None = None, last: bool = False) -> tu
         reason = verify(ckpt_dir / tag)
         if reason is not None:
             raise UserError(f"{ckpt_dir / tag} is damaged: {reason}")
-        return tag, "best" if tag == best_tag(ckpt_dir) else "requested"
+        return tag, "best" if tag == _best_name(ckpt_dir) else "requested"  # verified just above
     chosen = default_tag(ckpt_dir, prefer_last=last)
     if chosen is None:
         raise UserError(f"no complete checkpoint under {ckpt_dir}: train first")
@@ -199,7 +205,8 @@ def prune(ckpt_dir: Path, keep: int) -> None:
     if not tags:
         return
     newest = step_of(tags[-1])
-    doomed = set(tags[:-keep]) - {best_tag(ckpt_dir)}
+    # Which tag is the best is enough here: verifying it would hash a whole checkpoint at every save.
+    doomed = set(tags[:-keep]) - {_best_name(ckpt_dir)}
     for entry in ckpt_dir.iterdir():
         step = step_of(entry.name)
         if step is not None and (entry.name in doomed or (step < newest and entry.name not in tags)):
