@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from emotrain.errors import UserError
+from emotrain.files import write_atomic
 
 if TYPE_CHECKING:
     from emotrain.training.run_config import RunConfig
@@ -63,13 +64,6 @@ class RunStatus:
     def from_dict(cls, data: dict[str, Any]) -> RunStatus:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write-then-rename: a reader (or a kill) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -139,7 +133,7 @@ class RunDir:
         from emotrain.config import to_dict
 
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_atomic(self.config_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     def read_config(self) -> RunConfig:
         from emotrain.training.run_config import load_run_config
@@ -182,7 +176,7 @@ class RunDir:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def write_status(self, status: RunStatus) -> None:
-        _write_atomic(self.status_path, json.dumps(asdict(status), indent=2) + "\n")
+        write_atomic(self.status_path, json.dumps(asdict(status), indent=2) + "\n")
 
     def read_status(self) -> RunStatus | None:
         """The last launch's status; None when no launch has finished (or the file is unreadable)."""
@@ -195,7 +189,7 @@ class RunDir:
     def write_json(self, path: Path, data: Any) -> None:
         """A JSON file of this run (versions, DeepSpeed config), written atomically."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, json.dumps(data, indent=2) + "\n")
+        write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 LAUNCH_ENV = "EMOTRAIN_LAUNCH_ID"

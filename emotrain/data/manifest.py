@@ -9,13 +9,13 @@ worker), and the typed object is passed down from there.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emotrain.config import ConfigError, from_dict, to_dict
 from emotrain.errors import UserError
+from emotrain.files import write_atomic
 from emotrain.labels import LabelScheme
 
 MANIFEST = "manifest.json"
@@ -92,9 +92,7 @@ class Manifest:
         split_dir = Path(split_dir)
         split_dir.mkdir(parents=True, exist_ok=True)
         path = split_dir / MANIFEST
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(to_dict(self), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(to_dict(self), indent=2) + "\n")
         self.location = split_dir
         return path
 

@@ -34,6 +34,7 @@ from emotrain.data.manifest import MANIFEST, Manifest, ShardEntry
 from emotrain.data.schema import UNLABELLED, VOCAB_FIELDS, mp4_member, wav_member
 from emotrain.data.splits import SPLITS, SplitRecipe, assign_splits
 from emotrain.errors import UserError
+from emotrain.files import write_atomic
 from emotrain.labels import LabelScheme, normalise_word
 
 DONE_SUFFIX = ".done.json"
@@ -133,12 +134,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _done_path(shard: Path) -> Path:
     return shard.with_name(shard.name + DONE_SUFFIX)
 
@@ -186,7 +181,7 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
         "fingerprint": task.fingerprint,
         "skipped": [s.to_dict() for s in skipped],
     }
-    _write_json_atomic(_done_path(task.path), record)
+    write_atomic(_done_path(task.path), json.dumps(record, indent=1, ensure_ascii=False))
     return {**record, "resumed": False}
 
 

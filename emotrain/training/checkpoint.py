@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ import torch
 
 from emotrain.console import library_output
 from emotrain.errors import UserError
+from emotrain.files import write_atomic
 from emotrain.rundir import RunDir
 from emotrain.training import distributed as dist
 from emotrain.training.best import BestState
@@ -79,15 +79,6 @@ def step_of(tag: str) -> int | None:
 
 def _rng_file(tag_dir: Path, rank: int) -> Path:
     return tag_dir / f"rng_rank{rank:05d}.pt"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def complete_tags(ckpt_dir: Path) -> list[str]:
@@ -228,10 +219,10 @@ def save(engine, run_dir: str | Path, state: ResumeState, env: dist.DistEnv, kee
         if missing:
             raise RuntimeError(f"{tag_dir}: ranks {missing} wrote no files; is {ckpt_dir} on a shared file system?")
         # The file list lets a later reader verify the tag (a truncated or half-copied file is caught).
-        _atomic_write(tag_dir / COMPLETE, json.dumps({**asdict(state), FILES: _digests(tag_dir)}) + "\n")
-        _atomic_write(ckpt_dir / LATEST, tag)
+        write_atomic(tag_dir / COMPLETE, json.dumps({**asdict(state), FILES: _digests(tag_dir)}) + "\n")
+        write_atomic(ckpt_dir / LATEST, tag)
         if is_best:
-            _atomic_write(ckpt_dir / BEST, tag)
+            write_atomic(ckpt_dir / BEST, tag)
         prune(ckpt_dir, keep)
     dist.barrier()
     return tag_dir
@@ -287,7 +278,9 @@ def fp32_state_dict(run_dir: str | Path, tag: str | None = None) -> dict[str, to
     module_file = ckpt_dir / tag / "mp_rank_00_model_states.pt"  # ZeRO-3 writes one per rank instead
     states = torch.load(module_file, map_location="cpu", weights_only=True, mmap=True) if module_file.is_file() else None
     if states is None or states["ds_config"].get("zero_optimization", {}).get("stage", 0) >= 2:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from deepspeed.utils.zero_to_fp32 import (
+            get_fp32_state_dict_from_zero_checkpoint,
+        )
 
         with library_output():  # it prints several lines per call, on every rank that loads
             weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
