@@ -94,15 +94,11 @@ def find_config(ref: str | Path, base: Path | None = None, subdir: str = "") -> 
     raise ConfigError(f"config file not found: {ref}{where}; packaged configs{' in ' + subdir if subdir else ''}: {known}")
 
 
-def _absolute(value: str, base: Path) -> str:
-    return os.path.normpath(base / value) if not Path(value).is_absolute() else value
-
-
-def _resolve_one(value: Any, kind: str, base: Path, where: str) -> Any:
+def _resolve_one(value: Any, kind: str, base: Path) -> Any:
     if isinstance(value, list):
-        return [_resolve_one(v, kind, base, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_resolve_one(v, kind, base) for v in value]
     if isinstance(value, dict):
-        return {k: _resolve_one(v, kind, base, f"{where}.{k}") for k, v in value.items()}
+        return {k: _resolve_one(v, kind, base) for k, v in value.items()}
     if not isinstance(value, str) or not value:
         return value  # None, or a wrong type that validation reports with the key named
     if kind == "config":
@@ -110,7 +106,7 @@ def _resolve_one(value: Any, kind: str, base: Path, where: str) -> Any:
     if kind == "name_or_path":
         local = base / value
         return os.path.normpath(local.absolute()) if not Path(value).is_absolute() and local.exists() else value
-    return _absolute(value, base)
+    return value if Path(value).is_absolute() else os.path.normpath(base / value)
 
 
 def _dataclass_of(tp: Any) -> type | None:
@@ -137,7 +133,7 @@ def resolve_paths(cls: type, data: dict[str, Any], base: Path, where: str = "") 
         kind = f.metadata.get(PATH_KIND)
         nested = _dataclass_of(hints[f.name])
         if kind is not None:
-            out[f.name] = _resolve_one(value, kind, base, key)
+            out[f.name] = _resolve_one(value, kind, base)
         elif nested is not None and isinstance(value, str):
             ref = find_config(value, base)
             out[f.name] = resolve_paths(nested, read_yaml(ref), ref.parent, key)
@@ -300,13 +296,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None, subdir: str = "") -> T:
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
     """Load the config ``path`` names (a file, or a packaged name, see :func:`find_config`; None:
     start empty), resolve its paths against its folder, apply the dotted overrides (their paths
     against the working directory), and validate into ``cls``."""
     data: dict[str, Any] = {}
     if path is not None:
-        file = find_config(path, subdir=subdir)
+        file = find_config(path)
         data = resolve_paths(cls, read_yaml(file), file.parent)
     if overrides:
         # Only the overriding values are resolved against the working directory; what the file said
