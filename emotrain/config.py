@@ -119,7 +119,7 @@ def _dataclass_of(tp: Any) -> type | None:
     return None
 
 
-def resolve_paths(cls: type, data: dict[str, Any], base: Path, where: str = "") -> dict[str, Any]:
+def resolve_paths(cls: type, data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make every path in ``data`` (a mapping for dataclass ``cls``) absolute against ``base``; a
     section given as a string is read from the config it names and inlined. Returns a new mapping;
     absolute paths are left as they are, so a second pass (for command-line values) is harmless."""
@@ -128,7 +128,6 @@ def resolve_paths(cls: type, data: dict[str, Any], base: Path, where: str = "") 
     for f in dataclasses.fields(cls):
         if f.name not in out:
             continue
-        key = f"{where}.{f.name}" if where else f.name
         value = out[f.name]
         kind = f.metadata.get(PATH_KIND)
         nested = _dataclass_of(hints[f.name])
@@ -136,9 +135,9 @@ def resolve_paths(cls: type, data: dict[str, Any], base: Path, where: str = "") 
             out[f.name] = _resolve_one(value, kind, base)
         elif nested is not None and isinstance(value, str):
             ref = find_config(value, base)
-            out[f.name] = resolve_paths(nested, read_yaml(ref), ref.parent, key)
+            out[f.name] = resolve_paths(nested, read_yaml(ref), ref.parent)
         elif nested is not None and isinstance(value, dict):
-            out[f.name] = resolve_paths(nested, value, base, key)
+            out[f.name] = resolve_paths(nested, value, base)
     return out
 
 
