@@ -69,14 +69,13 @@ def train_shards(urls: list[str], slot: Slot, seed: int, epoch: int) -> list[str
 class ShardSource(torch.utils.data.IterableDataset):
     """Yields ``{"url": ...}`` dicts for webdataset's tar reader, per the rules above."""
 
-    def __init__(self, urls: list[str], rank: int, world_size: int, train: bool, seed: int = 0, start_epoch: int = 0,
-                 rotate: int = 0):
+    def __init__(self, urls: list[str], rank: int, world_size: int, train: bool, seed: int = 0, rotate: int = 0):
         super().__init__()
         if not urls:
             raise ValueError("no shards to read")
         self.urls = list(urls)
         self.rank, self.world_size = rank, world_size
-        self.train, self.seed, self.start_epoch, self.rotate = train, seed, start_epoch, rotate
+        self.train, self.seed, self.rotate = train, seed, rotate
 
     def __iter__(self) -> Iterator[dict[str, str]]:
         slot = current_slot(self.rank, self.world_size, self.rotate)
@@ -84,7 +83,7 @@ class ShardSource(torch.utils.data.IterableDataset):
             for url in eval_shards(self.urls, slot):
                 yield {"url": url}
             return
-        epoch = self.start_epoch
+        epoch = 0
         while True:
             for url in train_shards(self.urls, slot, self.seed, epoch):
                 yield {"url": url}

@@ -299,12 +299,11 @@ class TurnBatches(torch.utils.data.IterableDataset):
     """The whole per-worker pipeline as one picklable dataset (safe under forkserver/spawn)."""
 
     def __init__(self, urls: list[str], cfg: DataConfig, modalities: Modalities, vocab: dict[str, list[str]],
-                 batch_size: int, train: bool, rank: int, world_size: int, start_epoch: int = 0,
-                 skip_batches: int = 0):
+                 batch_size: int, train: bool, rank: int, world_size: int, skip_batches: int = 0):
         super().__init__()
         self.urls, self.cfg, self.modalities, self.vocab = urls, cfg, modalities, vocab
         self.batch_size, self.train = batch_size, train
-        self.rank, self.world_size, self.start_epoch = rank, world_size, start_epoch
+        self.rank, self.world_size = rank, world_size
         self.skip_batches = skip_batches
 
     def _wanted(self, name: str) -> bool:
@@ -324,9 +323,9 @@ class TurnBatches(torch.utils.data.IterableDataset):
         # share of the first skip_batches batches is known exactly.
         worker = 0 if info is None else (info.id + self.skip_batches) % workers
         # Shard order shares one seed on every rank; augmentation and buffers differ per reader.
-        reader_seed = self.cfg.seed + 1000 * (self.rank * 64 + worker) + 7919 * self.start_epoch
+        reader_seed = self.cfg.seed + 1000 * (self.rank * 64 + worker)
         counter = SkipCounter()
-        source = ShardSource(self.urls, self.rank, self.world_size, self.train, self.cfg.seed, self.start_epoch,
+        source = ShardSource(self.urls, self.rank, self.world_size, self.train, self.cfg.seed,
                              rotate=self.skip_batches)
         read_tars = wds.tarfile_to_samples(handler=counter.tar_handler, select_files=self._wanted)
         conversations: Iterable[dict[str, Any]] = read_tars(iter(source))
@@ -384,8 +383,8 @@ def _as_sent(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size: int, train: bool,
-                 rank: int = 0, world_size: int = 1, start_epoch: int = 0,
-                 skip_batches: int = 0, manifest: Manifest | None = None) -> tuple[TurnLoader, Manifest]:
+                 rank: int = 0, world_size: int = 1, skip_batches: int = 0,
+                 manifest: Manifest | None = None) -> tuple[TurnLoader, Manifest]:
     """The turn batches for this rank, and the split's manifest.
 
     ``skip_batches`` (training resume): the stream starts where a loader built the same way stood
@@ -403,8 +402,7 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
         raise UserError("batch size must be at least 1")
     manifest = manifest or Manifest.load(cfg.shards, split)  # callers that hold it pass it down
     urls = manifest.shard_urls()
-    dataset = TurnBatches(urls, cfg, modalities, manifest.vocab, batch_size, train, rank, world_size, start_epoch,
-                          skip_batches)
+    dataset = TurnBatches(urls, cfg, modalities, manifest.vocab, batch_size, train, rank, world_size, skip_batches)
     # Its own generator: a DataLoader draws its workers' base seed when an iterator starts, and from the
     # global torch RNG that would shift the training process's dropout stream whenever a loader is
     # built (each validation; a resumed run builds its train loader after restoring the RNG).
