@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from emotrain.training import checkpoint
+from emotrain.training.master_weights import fp32_state_dict
 from emotrain.config import ConfigError, from_dict, read_yaml
 from emotrain.training.distributed import AccelerateSettings
 from emotrain.models.inputs import model_inputs
@@ -198,7 +199,7 @@ def test_newest_complete_tag_and_pruning(tmp_path: Path) -> None:
 
 def test_fp32_state_dict_without_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
-        checkpoint.fp32_state_dict(tmp_path)
+        fp32_state_dict(tmp_path)
 
 
 def test_rng_state_round_trip(tmp_path: Path) -> None:

@@ -200,7 +200,7 @@ def test_a_run_continues_on_another_world_size_from_its_weights(shards, tmp_path
                    "--set", f"train.init_from={tmp_path / 'one'}"])
     assert f"initialised from {tmp_path / 'one'}" in started.stdout
     assert json.loads((tmp_path / "two" / "status.json").read_text())["world_size"] == 2
-    from emotrain.training.checkpoint import fp32_state_dict
+    from emotrain.training.master_weights import fp32_state_dict
 
     old, new = fp32_state_dict(tmp_path / "one"), fp32_state_dict(tmp_path / "two")
     assert old.keys() == new.keys()

@@ -26,7 +26,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emotrain.training import distributed as dist  # noqa: E402
-from emotrain.training.checkpoint import ResumeState  # noqa: E402
+from emotrain.training.checkpoint import ResumeState, save  # noqa: E402
 from emotrain.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from emotrain.models.inputs import model_inputs  # noqa: E402
 from emotrain.training.engine import TrainResult, build_engine, fit  # noqa: E402
@@ -99,6 +99,9 @@ def main(argv: list[str]) -> int:
                         help="val/macro_f1 reported at these steps (rank 0 only, as a gathered metric is), "
                         "instead of measuring; for best-checkpoint and early-stopping tests")
     parser.add_argument("--measure-optimizer-bytes", action="store_true", help="only build the engine, step twice, report bytes")
+    parser.add_argument("--dump-fp32", type=Path, metavar="SAFETENSORS",
+                        help="only build the engine, step three times, save a checkpoint and write the optimizer's "
+                        "fp32 master weights (what an exact export must hold) here")
     args = parser.parse_args(dist.strip_launcher_args(argv))
 
     values = {"total_samples": 256, "global_batch_size": 16, "micro_batch_size": 8, "lr": 3e-3, "encoder_lr": 1e-3,
@@ -110,6 +113,10 @@ def main(argv: list[str]) -> int:
         if env.is_main and args.result_json:
             args.result_json.parent.mkdir(parents=True, exist_ok=True)
             args.result_json.write_text(json.dumps(report))
+        dist.shutdown()
+        return 0
+    if args.dump_fp32:
+        dump_fp32_after_save(cfg, env, args.run_dir, args.dump_fp32)
         dist.shutdown()
         return 0
     if env.is_main:  # what the real launch/train.py writes: the resolved config
@@ -159,8 +166,8 @@ def _report(result: TrainResult, env: dist.DistEnv) -> dict:
     }
 
 
-def measure_optimizer_bytes(cfg: TrainConfig, env: dist.DistEnv, steps: int = 2) -> list[int]:
-    """Optimizer bytes on each rank after a few steps (Adam moments exist only after the first)."""
+def _stepped_engine(cfg: TrainConfig, env: dist.DistEnv, steps: int):
+    """A real engine on the toy model after ``steps`` optimizer steps (Adam moments exist only after the first)."""
     dist.init_distributed(env)
     torch.manual_seed(cfg.seed)
     engine, optimizer, _ = build_engine(ToyModel(), cfg, env)
@@ -170,9 +177,43 @@ def measure_optimizer_bytes(cfg: TrainConfig, env: dist.DistEnv, steps: int = 2)
         inputs = model_inputs(batch, torch.device("cpu"), torch.bfloat16 if cfg.bf16 else torch.float32)
         engine.backward(loss_fn(engine(inputs).float(), batch["labels"]))
         engine.step()
+    return engine, optimizer
+
+
+def measure_optimizer_bytes(cfg: TrainConfig, env: dist.DistEnv, steps: int = 2) -> list[int]:
+    """Optimizer bytes on each rank after a few steps."""
+    _, optimizer = _stepped_engine(cfg, env, steps)
     gathered = [0] * env.world_size
     torch.distributed.all_gather_object(gathered, optimizer_state_bytes(optimizer))
     return gathered
+
+
+def dump_fp32_after_save(cfg: TrainConfig, env: dist.DistEnv, run_dir: Path, out: Path, steps: int = 3) -> None:
+    """Checkpoint a stepped engine into ``run_dir``, then write the optimizer's own fp32 master weights to ``out``.
+
+    ``safe_get_full_fp32_param`` asks a ZeRO or bf16 optimizer for its high-precision copy; plain data
+    parallel in bf16 keeps per-parameter copies beside the module's (``fp32_groups``). After a few
+    steps these differ from the bf16 module weights in their low bits.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+    from safetensors.torch import save_file
+
+    engine, _ = _stepped_engine(cfg, env, steps)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({"train": to_dict(cfg)}))
+    save(engine, run_dir, ResumeState(step=steps), env, keep=2)
+    optimizer = engine.optimizer
+    copies = {id(low): high for lows, highs in zip(getattr(optimizer, "fp16_groups", []), getattr(optimizer, "fp32_groups", []))
+              for low, high in zip(lows, highs)}
+    masters = {}
+    for name, param in engine.module.named_parameters():
+        full = safe_get_full_fp32_param(param)  # collective under ZeRO-3
+        if full is None:
+            full = copies.get(id(param), param.detach())
+        masters[name] = full.float().cpu().contiguous()
+    if env.is_main:
+        save_file(masters, str(out))
 
 
 if __name__ == "__main__":

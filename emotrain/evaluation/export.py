@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 
 from emotrain.rundir import RunDir
-from emotrain.training.checkpoint import choose_tag, fp32_state_dict
+from emotrain.training.checkpoint import choose_tag
+from emotrain.training.master_weights import fp32_state_dict
 
 WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
 

@@ -1,7 +1,7 @@
 """A trained run back as a plain model on one process: config + checkpoint weights, no DeepSpeed engine.
 
 Evaluation and export read runs this way; the weights come from DeepSpeed's own
-``zero_to_fp32`` reader (see :func:`emotrain.training.checkpoint.fp32_state_dict`), so any ZeRO stage and
+``zero_to_fp32`` reader (see :func:`emotrain.training.master_weights.fp32_state_dict`), so any ZeRO stage and
 any world size at training time load the same.
 """
 
@@ -17,7 +17,8 @@ from emotrain.data.schema import meta_vocab_sizes
 from emotrain.data.stream import Modalities
 from emotrain.models import build_model
 from emotrain.rundir import RunDir
-from emotrain.training.checkpoint import choose_tag, fp32_state_dict, step_of
+from emotrain.training.checkpoint import choose_tag, step_of
+from emotrain.training.master_weights import fp32_state_dict
 from emotrain.training.run_config import RunConfig
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from emotrain.console import library_output
 from emotrain.errors import UserError
 from emotrain.files import write_atomic
 from emotrain.rundir import RunDir
@@ -246,44 +245,3 @@ def resume(engine, run_dir: str | Path, env: dist.DistEnv) -> ResumeState | None
         raise RuntimeError(f"DeepSpeed could not load {ckpt_dir / tag}")
     restore_rng_state(torch.load(_rng_file(ckpt_dir / tag, env.rank), weights_only=True))
     return state
-
-
-def initial_weights(source: str | Path) -> dict[str, torch.Tensor]:
-    """Weights to start a new run from (``train.init_from``): an export folder (``model.safetensors``)
-    or a run directory (its best checkpoint, else its newest good one). Never unpickles anything."""
-    source = Path(source)
-    if (source / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(source / "model.safetensors"))
-    run = RunDir(source)
-    if run.is_run():
-        tag, _ = choose_tag(run.checkpoints)
-        return fp32_state_dict(run.root, tag)
-    raise UserError(f"train.init_from {source}: neither an export (model.safetensors) nor a run directory")
-
-
-def fp32_state_dict(run_dir: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from a checkpoint, on one process, without starting a DeepSpeed engine.
-
-    ZeRO-2/3 checkpoints go through DeepSpeed's own ``zero_to_fp32`` reader (the fp32 master weights;
-    under ZeRO-3 nothing else holds them). Stage 0/1 checkpoints hold the whole module in one file and
-    are read from it: with bf16 these are the bf16 weights the forward pass used, upcast, because
-    DeepSpeed's bf16 stage-0/1 optimizers store their fp32 copies in a layout ``zero_to_fp32`` cannot read.
-    """
-    ckpt_dir = checkpoint_dir(run_dir)
-    tag = tag or latest_good_tag(ckpt_dir)
-    if tag is None:
-        raise FileNotFoundError(f"no complete checkpoint under {ckpt_dir}")
-    module_file = ckpt_dir / tag / "mp_rank_00_model_states.pt"  # ZeRO-3 writes one per rank instead
-    states = torch.load(module_file, map_location="cpu", weights_only=True, mmap=True) if module_file.is_file() else None
-    if states is None or states["ds_config"].get("zero_optimization", {}).get("stage", 0) >= 2:
-        from deepspeed.utils.zero_to_fp32 import (
-            get_fp32_state_dict_from_zero_checkpoint,
-        )
-
-        with library_output():  # it prints several lines per call, on every rank that loads
-            weights = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
-    else:
-        weights = states["module"]
-    return {name: t.float() if t.is_floating_point() else t for name, t in weights.items()}

@@ -26,15 +26,18 @@ def param_groups(model: torch.nn.Module, lr: float, encoder_lr: float, weight_de
 
     Empty groups are dropped because DeepSpeed removes them from the optimizer after the LR
     scheduler has counted them, which would misalign the scheduler's per-group base rates.
+    Each group carries its ``param_names`` (torch saves them with the optimizer state): a ZeRO-0
+    checkpoint's fp32 master copies are stored per group in this order and have no other names.
     """
-    buckets: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    buckets: dict[tuple[bool, bool], list[tuple[str, torch.nn.Parameter]]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            buckets.setdefault((is_encoder_param(name), param.ndim >= 2), []).append(param)
+            buckets.setdefault((is_encoder_param(name), param.ndim >= 2), []).append((name, param))
     groups = []
-    for (encoder, decayed), params in sorted(buckets.items()):
+    for (encoder, decayed), named in sorted(buckets.items()):
         groups.append({
-            "params": params,
+            "params": [param for _, param in named],
+            "param_names": [name for name, _ in named],
             "lr": encoder_lr if encoder else lr,
             "weight_decay": weight_decay if decayed else 0.0,
             "name": f"{'encoder' if encoder else 'head'}{'' if decayed else '_no_decay'}",

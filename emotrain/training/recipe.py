@@ -41,7 +41,8 @@ from emotrain.models import build_model
 from emotrain.rundir import LAUNCH_ENV, RunDir, RunStatus
 from emotrain.training import distributed as dist
 from emotrain.config import to_dict
-from emotrain.training.checkpoint import ResumeState, initial_weights, latest_complete_tag
+from emotrain.training.checkpoint import ResumeState, latest_complete_tag
+from emotrain.training.master_weights import initial_weights
 from emotrain.training.deepspeed_config import use_bf16
 from emotrain.training.engine import fit
 from emotrain.training.losses import build_loss
