@@ -18,12 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-frac", type=float, default=0.1, help="share of conversations for val")
     parser.add_argument("--test-frac", type=float, default=0.1, help="share of conversations for test")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the split assignment")
-    parser.add_argument("--speaker-independent", action="store_true", help="keep every avatar ID in one split only")
+    parser.add_argument("--speaker-independent", action="store_true",
+                        help="keep every avatar ID in one split only; a conversation across splits is dropped")
     parser.add_argument("--workers", type=int, default=1, help="parallel shard writers")
     parser.add_argument("--shard-mb", type=float, default=256.0, help="target shard size in MiB of media")
     parser.add_argument("--max-per-shard", type=int, default=1000, help="at most this many conversations per shard")
     parser.add_argument("--max-clip-mb", type=float, default=64.0, help="a larger clip is recorded as missing")
-    parser.add_argument("--max-skip-frac", type=float, default=0.2, help="fail when more conversations are skipped")
+    parser.add_argument("--max-skip-frac", type=float, default=0.2,
+                        help="fail when more conversations are skipped (or dropped by --speaker-independent)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -51,4 +53,21 @@ def run(args: argparse.Namespace) -> int:
             f"{split:>5}: {m.conversations} conversations, {m.labelled_turns} labelled turns, "
             f"{m.clips} clips, {len(m.shards)} shards, {len(m.skipped)} skipped -> {args.out / split}"
         )
+    _print_dropped(manifests["train"].recipe, args.out / "train" / "manifest.json")
     return 0
+
+
+def _print_dropped(recipe: dict, manifest: Path, show: int = 3) -> None:
+    """What a speaker-independent split dropped and why, and how good the split is (its note)."""
+    if not recipe.get("speaker_independent"):
+        return
+    dropped = recipe.get("dropped_cross_split", [])
+    note = recipe.get("split_note", "")
+    if not dropped:
+        print(f"speaker-independent: {note}")
+        return
+    print(f"dropped: {len(dropped)} conversations, their speaker and listener avatars are in different splits; {note}")
+    for entry in dropped[:show]:
+        print(f"  {entry['id']}: {entry['reason']}")
+    more = f"{len(dropped) - show} more, " if len(dropped) > show else ""
+    print(f"  ({more}all listed under recipe.dropped_cross_split in {manifest})")

@@ -12,7 +12,9 @@ Why the shape of this module:
 - *Nothing lost, nothing fatal.* A bad clip is recorded as missing with its reason and its
   conversation is still packed; bad records are skipped with their reason (see
   ``avamerg.py``); the run fails with one line only when nothing was packed or too much
-  was skipped.
+  was skipped. Conversations a speaker-independent split drops (see ``splits.py``) are
+  listed with their reason under ``recipe.dropped_cross_split`` and count as skipped against
+  ``max_skip_frac``; a requested split that such a split leaves empty fails before any work.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tqdm import tqdm
 from emotrain.data.avamerg import Conversation, MediaDirs, Skipped, read_conversations
 from emotrain.data.manifest import MANIFEST, Manifest, ShardEntry
 from emotrain.data.schema import UNLABELLED, VOCAB_FIELDS, mp4_member, wav_member
-from emotrain.data.splits import SPLITS, SplitRecipe, assign_splits
+from emotrain.data.splits import SPLITS, SplitRecipe, plan_splits
 from emotrain.errors import UserError
 from emotrain.files import write_atomic
 from emotrain.labels import LabelScheme, normalise_word
@@ -317,7 +319,10 @@ def pack(opts: PackOptions) -> dict[str, Manifest]:
     conversations, input_skips = read_conversations(source_json)
     records = len(conversations) + sum(1 for s in input_skips if s.kind == "conversation")
     media = MediaDirs.locate(opts.source, opts.audio_dir, opts.video_dir)
-    splits, dropped = assign_splits(conversations, opts.recipe)
+    plan = plan_splits(conversations, opts.recipe)
+    splits, dropped = plan.splits, plan.dropped
+    if conversations and opts.recipe.speaker_independent and plan.empty:
+        raise UserError(_empty_split_message(plan.empty, len(conversations), plan.graph))
     vocab = build_vocab(splits["train"])
     name = opts.out.name
     tasks_by_split: dict[str, list[ShardTask]] = {}
@@ -341,8 +346,12 @@ def pack(opts: PackOptions) -> dict[str, Manifest]:
     all_tasks = [t for split in SPLITS for t in tasks_by_split[split]]
     records_by_path = dict(zip((t.path for t in all_tasks), _run_tasks(all_tasks, opts.workers, opts.progress)))
 
-    dropped_ids = [c.conversation_id for c in dropped]
-    recipe = {**opts.recipe.to_dict(), "source": str(source_json), "dropped_cross_split": dropped_ids}
+    recipe = {
+        **opts.recipe.to_dict(), "source": str(source_json),
+        "dropped_cross_split": [{"id": c.conversation_id, "reason": plan.reasons[c.conversation_id]} for c in dropped],
+    }
+    if plan.note:
+        recipe["split_note"] = plan.note
     manifests = {}
     for split in SPLITS:
         tasks = tasks_by_split[split]
@@ -375,9 +384,28 @@ def pack(opts: PackOptions) -> dict[str, Manifest]:
     skipped_conversations = records - len(conversations)
     if packed == 0:
         raise UserError(f"nothing was packed from {source_json} ({skipped_conversations} conversation(s) skipped)")
-    if records and skipped_conversations / records > opts.max_skip_frac:
+    lost = skipped_conversations + len(dropped)
+    if records and lost / records > opts.max_skip_frac:
+        where = opts.out / "train" / MANIFEST
+        if not dropped:
+            raise UserError(
+                f"{skipped_conversations} of {records} conversations were skipped, more than --max-skip-frac "
+                f"{opts.max_skip_frac}; see 'skipped' in {where}"
+            )
         raise UserError(
-            f"{skipped_conversations} of {records} conversations were skipped, more than --max-skip-frac "
-            f"{opts.max_skip_frac}; see 'skipped' in {opts.out / 'train' / MANIFEST}"
+            f"{skipped_conversations} of {records} conversations were skipped and {len(dropped)} dropped by "
+            f"--speaker-independent (their speaker and listener avatars are in different splits), "
+            f"{lost / records:.0%} in all, more than --max-skip-frac {opts.max_skip_frac}: raise --max-skip-frac "
+            f"or lower --val-frac/--test-frac; see 'skipped' and recipe.dropped_cross_split in {where}"
         )
     return manifests
+
+
+def _empty_split_message(empty: list[str], conversations: int, graph: str) -> str:
+    """One line: which requested splits a speaker-independent split cannot fill, and what to change."""
+    hints = ["lower --val-frac/--test-frac" if name == "train" else f"set --{name}-frac 0" for name in empty]
+    return (
+        f"--speaker-independent found no way to put any conversation in the {' and '.join(empty)} split without "
+        f"an avatar in two splits ({conversations} conversations, {graph}): {' and '.join(hints)}, add "
+        f"conversations between other avatars, or pack without --speaker-independent"
+    )
