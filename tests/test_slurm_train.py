@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,9 @@ def overrides(shards: Path, steps: int, every: int = 5) -> list[str]:
             "train.eval_every_steps=0", "train.log_every_steps=5", "data.num_workers=1"]
 
 
-def job_env(shards: Path, run_dir: Path, steps: int) -> dict[str, str]:
+def job_env(shards: Path, run_dir: Path, steps: int, every: int = 5) -> dict[str, str]:
     """What slurm/train.sbatch reads from the environment sbatch exports."""
-    extra = " ".join(f"--set {o}" for o in overrides(shards, steps))
+    extra = " ".join(f"--set {o}" for o in overrides(shards, steps, every))
     return {"CONFIG": CONFIG, "RUN_DIR": str(run_dir), "PYTHON": sys.executable, "EXTRA": extra, **CPU_ENV}
 
 
@@ -102,6 +103,74 @@ def test_requeue_mid_training_resumes_from_the_checkpoint(slurm_cluster: SlurmCl
     assert got["status"] == "completed" and got["step"] == steps
     assert 5 <= got["resumed_from"] < steps, got
     print(f"requeued job resumed from step {got['resumed_from']} of {steps}")
+
+
+def progress(stderr: Path, total: int) -> int:
+    """The last step the rank-0 progress bar showed in the job's stderr (0 before the first)."""
+    text = stderr.read_text(errors="replace") if stderr.is_file() else ""
+    counts = re.findall(rf"\b(\d+)/{total}\b", text)
+    return int(counts[-1]) if counts else 0
+
+
+def test_scancel_of_the_step_checkpoints_at_that_step_and_the_requeue_resumes_there(slurm_cluster: SlurmCluster, shards,
+                                                                                 tmp_path):
+    """What a scheduler does: SIGTERM to every process of the step (both ranks, their loader workers and
+    fork servers; ``scancel --signal=TERM JOB.0``), with SIGKILL to follow after KillWait (5 s here).
+    The ranks checkpoint the step they reached; the batch script requeues; the new run resumes from
+    that step, not from the periodic checkpoint before it."""
+    run_dir, steps, every = tmp_path / "run", 120, 20
+    job = sbatch(REPO / "slurm" / "train.sbatch", options=[*CPU_ONLY, "--nodes=1", "--ntasks-per-node=2"],
+                 env=job_env(shards, run_dir, steps=steps, every=every), cwd=tmp_path)
+    poll_until(lambda: (run_dir / "checkpoints" / f"step{every:08d}" / "complete").is_file(), 240, "the first checkpoint")
+    poll_until(lambda: progress(job.stderr_path, steps) >= every + 7, 120, "steps past the periodic checkpoint")
+    shown = progress(job.stderr_path, steps)
+    slurm("scancel", "--signal=TERM", f"{job.job_id}.0")
+    release_requeued(job.job_id, timeout=120)
+    result = wait_job(job, timeout=600)
+    assert result.ok, result.describe()
+    assert result.restarts == 1
+    got = status(run_dir)
+    assert (got["status"], got["step"]) == ("completed", steps), got
+    stopped = re.search(r"preempted at step (\d+)/", result.stdout)
+    assert stopped, result.describe()
+    resumed = got["resumed_from"]
+    assert resumed == int(stopped.group(1)) >= shown > every, (resumed, shown)  # where it stopped, not the periodic one
+    print(f"scancel --signal=TERM of the step at step >= {shown}: checkpointed at step {resumed} and resumed from it "
+          f"(periodic checkpoint before it: {every * (resumed // every)})")
+
+
+def test_time_limit_without_signal_requeues_from_that_step_and_scancel_stops_with_a_checkpoint(
+        slurm_cluster: SlurmCluster, shards, tmp_path):
+    """A job script without ``--signal`` reaching its time limit: SLURM sends SIGTERM to the batch shell
+    and to every process of the step at once, and SIGKILL after KillWait (5 s here). The ranks
+    checkpoint the step they reached within that, the script requeues, and the new run resumes
+    there. A user's ``scancel`` of that run then checkpoints too, and is not requeued."""
+    script = tmp_path / "train.sbatch"  # the shipped script minus its --signal line, as many users' scripts are
+    lines = (REPO / "slurm" / "train.sbatch").read_text().splitlines()
+    script.write_text("\n".join(line for line in lines if "--signal" not in line) + "\n")
+    run_dir, steps = tmp_path / "run", 100_000  # never finishes: both launches end by a signal
+    options = [*(o for o in CPU_ONLY if not o.startswith("--time")), "--time=1", "--nodes=1", "--ntasks-per-node=2"]
+    job = sbatch(script, options=options, env=job_env(shards, run_dir, steps=steps, every=20), cwd=tmp_path)
+    requeued = lambda: (lambda info: (info.get("JobState"), info.get("Restarts")) == ("PENDING", "1"))(job_info(job.job_id))  # noqa: E731
+    poll_until(requeued, 240, "the job to requeue itself after its time limit")
+    slurm("scontrol", "update", f"JobId={job.job_id}", "TimeLimit=10")
+    release_requeued(job.job_id, timeout=60)
+    poll_until(lambda: "train: resumed from step" in job.stdout_path.read_text(), 180, "the requeued run to resume")
+    first = re.search(r"preempted at step (\d+)/", job.stdout_path.read_text())
+    resumed = re.search(r"train: resumed from step (\d+)", job.stdout_path.read_text())
+    assert first and resumed and resumed.group(1) == first.group(1), job.stdout_path.read_text()
+    assert "DUE TO TIME LIMIT" in job.stderr_path.read_text()
+    time.sleep(3)
+    slurm("scancel", str(job.job_id))
+    result = wait_job(job, timeout=120)
+    assert result.state == "CANCELLED" and result.restarts == 1, result.describe()
+    assert "cancelled (scancel): checkpointed, not requeueing" in result.stdout, result.describe()
+    got = status(run_dir)
+    assert got["status"] == "preempted" and got["step"] > int(first.group(1)), got
+    assert got["resumed_from"] == int(first.group(1)), got
+    assert (run_dir / "checkpoints" / f"step{got['step']:08d}" / "complete").is_file()
+    print(f"time limit: checkpoint at step {first.group(1)}, requeued run resumed from it; "
+          f"scancel: checkpoint at step {got['step']}, not requeued")
 
 
 def submit(shards: Path, run_dir: Path, logs: Path, steps: int, wait: bool) -> subprocess.CompletedProcess:

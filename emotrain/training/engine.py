@@ -187,6 +187,8 @@ def fit(
     if env.is_main:
         write_run_metadata(run_dir, ds_config)
     log = RunLog(run_dir, env.is_main, state.step, cfg.total_steps)
+    if result.resumed_from is not None:  # what a requeued job's log must say first: where it picked up
+        log.message(f"train: resumed from step {state.step} ({result.checkpoint})")
     batches = iter(batches_from(state))
     window, consecutive_bad, micro_in_step, step_loss = _Window(), 0, 0, 0.0
     engine.train()
