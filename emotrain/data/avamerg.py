@@ -24,6 +24,7 @@ from emotrain.errors import UserError
 SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PROFILE_KEYS = ("ID", "age", "gender", "timbre")
 CHAIN_TEXT_KEYS = ("event_scenario", "emotion_cause", "goal_to_response")
+EMPTY_TURNS = "empty turn list"
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,10 @@ def _history(raw_turn: dict, where: str) -> list[Utterance]:
 
 def _turn(raw: Any, where: str) -> tuple[Turn, list[Utterance]]:
     _expect(raw, dict, where)
-    turn_id = _expect(raw.get("turn_id"), int, f"{where}.turn_id")
+    turn_id = raw.get("turn_id")
+    if isinstance(turn_id, str) and turn_id.isdigit():  # the official test.json writes some ids as strings
+        turn_id = int(turn_id)
+    turn_id = _expect(turn_id, int, f"{where}.turn_id")
     history = _history(raw, where)
     chain = raw.get("chain_of_empathy") or {}
     _expect(chain, dict, f"{where}.chain_of_empathy")
@@ -198,6 +202,8 @@ def parse_conversation(raw: Any) -> tuple[Conversation, list[Skipped]]:
         utterances=[],
     )
     raw_turns = _expect(raw.get("turns"), list, "turns")
+    if not raw_turns:  # the official test.json holds such conversations: nothing to predict or train on
+        raise RecordError(EMPTY_TURNS)
     skipped: list[Skipped] = []
     by_index: dict[int, Utterance] = {}
     seen_turns: set[int] = set()

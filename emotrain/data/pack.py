@@ -32,6 +32,7 @@ from typing import Any
 from tqdm import tqdm
 
 from emotrain.data.avamerg import Conversation, MediaDirs, Skipped, read_conversations
+from emotrain.data.clips import EXTENSIONS, ClipSource, FolderClips
 from emotrain.data.manifest import MANIFEST, Manifest, ShardEntry
 from emotrain.data.schema import UNLABELLED, VOCAB_FIELDS, mp4_member, wav_member
 from emotrain.data.splits import SPLITS, SplitRecipe, plan_splits
@@ -67,31 +68,14 @@ class ShardTask:
     fingerprint: str
     conversations: list[Conversation]
     labels: list[list[int]]
-    media: MediaDirs
-    max_clip_bytes: int
+    clips: FolderClips
 
 
-def _read_clip(path: Path, max_bytes: int) -> tuple[bytes | None, str]:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return None, "missing file"
-    except OSError as err:
-        return None, f"unreadable ({err.strerror or err})"
-    if size == 0:
-        return None, "zero-byte file"
-    if size > max_bytes:
-        return None, f"over size limit ({size} > {max_bytes} bytes)"
-    try:
-        return path.read_bytes(), ""
-    except OSError as err:  # no permission, a folder where a clip should be, an I/O error
-        return None, f"unreadable ({err.strerror or err})"
+def encode_conversation(conv: Conversation, labels: list[int], clips: ClipSource) -> tuple[dict[str, Any], list[Skipped], int]:
+    """One shard sample for ``conv``, the clips that could not be used (or were ambiguous), and the clip count.
 
-
-def encode_conversation(
-    conv: Conversation, labels: list[int], media: MediaDirs, max_clip_bytes: int
-) -> tuple[dict[str, Any], list[Skipped], int]:
-    """One shard sample for ``conv``, the clips that could not be used, and the clip count."""
+    ``pack`` writes it into a shard; ``predict`` on a raw folder and the Python API hand it to the
+    loader's turn expander directly, so every path decodes and preprocesses the same bytes."""
     from emotrain.data.media import MediaError, encode_wav_16k, load_wav_16k, probe_mp4
 
     sample: dict[str, Any] = {
@@ -100,32 +84,32 @@ def encode_conversation(
         "labels.json": json.dumps(labels).encode("utf-8"),
     }
     skipped: list[Skipped] = []
-    clips = 0
+    count = 0
     for utt in conv.utterances:
-        stem = conv.clip_stem(utt)
-        if stem is None:
-            skipped.append(Skipped("clip", f"{conv.conversation_id}/utt{utt.index}", f"no {utt.role} profile ID"))
-            continue
-        data, reason = _read_clip(media.wav(stem), max_clip_bytes)
-        if data is not None:
+        clip = clips.read(conv, utt, "wav")
+        reason = clip.reason
+        if clip.data is not None:
             try:
-                sample[wav_member(utt.index)] = encode_wav_16k(load_wav_16k(data))
-                clips += 1
+                sample[wav_member(utt.index)] = encode_wav_16k(load_wav_16k(clip.data))
+                count += 1
             except MediaError as err:
                 reason = f"undecodable wav: {err}"
-        if reason:
-            skipped.append(Skipped("clip", f"{stem}.wav", reason))
-        data, reason = _read_clip(media.mp4(stem), max_clip_bytes)
-        if data is not None:
-            ok, why = probe_mp4(data)
+        for why in (reason, clip.note):
+            if why:
+                skipped.append(Skipped("clip", clip.name, why))
+        clip = clips.read(conv, utt, "mp4")
+        reason = clip.reason
+        if clip.data is not None:
+            ok, why = probe_mp4(clip.data)
             if ok:
-                sample[mp4_member(utt.index)] = data
-                clips += 1
+                sample[mp4_member(utt.index)] = clip.data
+                count += 1
             else:
                 reason = f"undecodable mp4: {why}"
-        if reason:
-            skipped.append(Skipped("clip", f"{stem}.mp4", reason))
-    return sample, skipped, clips
+        for why in (reason, clip.note):
+            if why:
+                skipped.append(Skipped("clip", clip.name, why))
+    return sample, skipped, count
 
 
 def _sha256(path: Path) -> str:
@@ -169,7 +153,7 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     # float mtime costs every member an extra pax header block for readers to parse.
     with wds.TarWriter(str(tmp), mtime=0) as sink:
         for conv, labels in zip(task.conversations, task.labels):
-            sample, clip_skips, n = encode_conversation(conv, labels, task.media, task.max_clip_bytes)
+            sample, clip_skips, n = encode_conversation(conv, labels, task.clips)
             sink.write(sample)
             skipped.extend(clip_skips)
             clips += n
@@ -187,27 +171,19 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     return {**record, "resumed": False}
 
 
-def _media_size(conv: Conversation, media: MediaDirs) -> int:
-    total = 0
-    for utt in conv.utterances:
-        stem = conv.clip_stem(utt)
-        for path in (media.wav(stem), media.mp4(stem)) if stem else ():
-            try:
-                total += path.stat().st_size
-            except OSError:
-                pass
-    return total
+def _media_size(conv: Conversation, clips: ClipSource) -> int:
+    return sum(clips.size(conv, utt, ext) for utt in conv.utterances for ext in EXTENSIONS)
 
 
 def plan_shards(
-    conversations: list[Conversation], media: MediaDirs, shard_bytes: int, max_per_shard: int
+    conversations: list[Conversation], clips: ClipSource, shard_bytes: int, max_per_shard: int
 ) -> list[list[Conversation]]:
     """Consecutive groups of conversations, each up to ``shard_bytes`` of media."""
     groups: list[list[Conversation]] = []
     current: list[Conversation] = []
     size = 0
     for conv in conversations:
-        conv_size = _media_size(conv, media)
+        conv_size = _media_size(conv, clips)
         if current and (size + conv_size > shard_bytes or len(current) >= max_per_shard):
             groups.append(current)
             current, size = [], 0
@@ -218,20 +194,15 @@ def plan_shards(
     return groups
 
 
-def _fingerprint(group: list[Conversation], labels: list[list[int]], media: MediaDirs) -> str:
+def _fingerprint(group: list[Conversation], labels: list[list[int]], clips: ClipSource) -> str:
     """Changes whenever the shard's content would: records, labels, clip files (size, mtime)."""
     digest = hashlib.sha256()
     for conv, conv_labels in zip(group, labels):
         digest.update(json.dumps(conv.shard_json(), sort_keys=True).encode())
         digest.update(json.dumps(conv_labels).encode())
         for utt in conv.utterances:
-            stem = conv.clip_stem(utt)
-            for path in (media.wav(stem), media.mp4(stem)) if stem else ():
-                try:
-                    st = path.stat()
-                    digest.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-                except OSError:
-                    digest.update(f"{path.name}:missing".encode())
+            for ext in EXTENSIONS:
+                digest.update(clips.signature(conv, utt, ext).encode())
     return digest.hexdigest()
 
 
@@ -318,7 +289,7 @@ def pack(opts: PackOptions) -> dict[str, Manifest]:
         raise UserError(f"cannot write to --out {opts.out}: {err.strerror or err}") from None
     conversations, input_skips = read_conversations(source_json)
     records = len(conversations) + sum(1 for s in input_skips if s.kind == "conversation")
-    media = MediaDirs.locate(opts.source, opts.audio_dir, opts.video_dir)
+    clips = FolderClips(MediaDirs.locate(opts.source, opts.audio_dir, opts.video_dir), int(opts.max_clip_mb * 2**20))
     plan = plan_splits(conversations, opts.recipe)
     splits, dropped = plan.splits, plan.dropped
     if conversations and opts.recipe.speaker_independent and plan.empty:
@@ -330,7 +301,7 @@ def pack(opts: PackOptions) -> dict[str, Manifest]:
     for split in SPLITS:
         split_dir = opts.out / split
         split_dir.mkdir(parents=True, exist_ok=True)
-        groups = plan_shards(splits[split], media, int(opts.shard_mb * 2**20), opts.max_per_shard)
+        groups = plan_shards(splits[split], clips, int(opts.shard_mb * 2**20), opts.max_per_shard)
         tasks, skips = [], []
         for index, group in enumerate(groups):
             labels = []
@@ -339,7 +310,7 @@ def pack(opts: PackOptions) -> dict[str, Manifest]:
                 labels.append(conv_labels)
                 skips.extend(turn_skips)
             path = split_dir / f"{name}-{split}-{index:06d}.tar"
-            tasks.append(ShardTask(path, _fingerprint(group, labels, media), group, labels, media, int(opts.max_clip_mb * 2**20)))
+            tasks.append(ShardTask(path, _fingerprint(group, labels, clips), group, labels, clips))
         _remove_stale(split_dir, {t.path.name for t in tasks})
         tasks_by_split[split] = tasks
         label_skips[split] = skips
