@@ -99,11 +99,15 @@ class Modalities:
 class SkipCounter:
     """Per-worker tally of skipped data; each batch takes (and resets) what accrued since the last."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_reasons: bool = False) -> None:
         self.pending: Counter[str] = Counter()
+        # predict reports every skip with its reason; training only counts them
+        self.reasons: list[tuple[str, str, str]] | None = [] if keep_reasons else None
 
     def add(self, kind: str, what: str, reason: object) -> None:
         self.pending[kind] += 1
+        if self.reasons is not None:
+            self.reasons.append((kind, what, str(reason)))
         log.warning("skipping %s (%s): %s", what, kind, reason)
 
     def take(self) -> dict[str, int]:
@@ -118,11 +122,15 @@ class SkipCounter:
 
 
 class TurnExpander:
-    """Conversation sample -> turn samples, decoding each needed clip once per conversation."""
+    """Conversation sample -> turn samples, decoding each needed clip once per conversation.
+
+    ``unlabelled``: yield unlabelled turns too (label -1): what ``predict`` wants of new data;
+    training and evaluation leave them out."""
 
     def __init__(self, cfg: DataConfig, modalities: Modalities, vocab: dict[str, list[str]], train: bool,
-                 counter: SkipCounter, seed: int):
+                 counter: SkipCounter, seed: int, unlabelled: bool = False):
         self.cfg, self.modalities, self.train, self.counter = cfg, modalities, train, counter
+        self.unlabelled = unlabelled
         self.meta = MetadataEncoder(vocab)
         self.tokenizer = load_tokenizer(cfg.text.tokenizer)
         self.seed = seed
@@ -183,7 +191,7 @@ class TurnExpander:
         token_memo: dict[tuple[str, int], np.ndarray] = {}
         out: list[dict[str, Any]] = []
         for turn, label in pairs:
-            if label == UNLABELLED:
+            if label == UNLABELLED and not self.unlabelled:
                 continue
             last = turn["last_utterance"]
             window = [utterances[i] for i in sorted(utterances) if i <= last][-self.cfg.text.max_utterances :]
@@ -299,8 +307,10 @@ class TurnBatches(torch.utils.data.IterableDataset):
     """The whole per-worker pipeline as one picklable dataset (safe under forkserver/spawn)."""
 
     def __init__(self, urls: list[str], cfg: DataConfig, modalities: Modalities, vocab: dict[str, list[str]],
-                 batch_size: int, train: bool, rank: int, world_size: int, skip_batches: int = 0):
+                 batch_size: int, train: bool, rank: int, world_size: int, skip_batches: int = 0,
+                 unlabelled: bool = False):
         super().__init__()
+        self.unlabelled = unlabelled
         self.urls, self.cfg, self.modalities, self.vocab = urls, cfg, modalities, vocab
         self.batch_size, self.train = batch_size, train
         self.rank, self.world_size = rank, world_size
@@ -332,7 +342,7 @@ class TurnBatches(torch.utils.data.IterableDataset):
         if self.train and self.cfg.shuffle_buffer > 1:
             shuffle = wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=random.Random(reader_seed))
             conversations = shuffle(conversations)
-        expand = TurnExpander(self.cfg, self.modalities, self.vocab, self.train, counter, reader_seed)
+        expand = TurnExpander(self.cfg, self.modalities, self.vocab, self.train, counter, reader_seed, self.unlabelled)
         pending: list[dict[str, Any]] = []
         skip_turns = self.batch_size * max(0, (self.skip_batches - worker + workers - 1) // workers)
         for ordinal, conversation in enumerate(conversations):
@@ -384,13 +394,16 @@ def _as_sent(batch: dict[str, Any]) -> dict[str, Any]:
 
 def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size: int, train: bool,
                  rank: int = 0, world_size: int = 1, skip_batches: int = 0,
-                 manifest: Manifest | None = None) -> tuple[TurnLoader, Manifest]:
+                 manifest: Manifest | None = None, vocab: dict[str, list[str]] | None = None,
+                 unlabelled: bool = False) -> tuple[TurnLoader, Manifest]:
     """The turn batches for this rank, and the split's manifest.
 
     ``skip_batches`` (training resume): the stream starts where a loader built the same way stood
     after that many batches, as if it had been iterated that far: the skipped conversations are
     read (the shard order and shuffle buffer advance as before) but not decoded. ``manifest``: the
-    split's, when the caller already loaded it.
+    split's, when the caller already loaded it. ``vocab``: the metadata vocabularies a trained model
+    was built with (``predict`` on shards packed from other data), instead of the manifest's.
+    ``unlabelled``: yield unlabelled turns too (label -1).
 
     Workers start from a fork server: torchaudio's thread pools can deadlock in workers forked
     from a training process. The fork server imports this module and the decoders once; the
@@ -402,7 +415,8 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
         raise UserError("batch size must be at least 1")
     manifest = manifest or Manifest.load(cfg.shards, split)  # callers that hold it pass it down
     urls = manifest.shard_urls()
-    dataset = TurnBatches(urls, cfg, modalities, manifest.vocab, batch_size, train, rank, world_size, skip_batches)
+    dataset = TurnBatches(urls, cfg, modalities, manifest.vocab if vocab is None else vocab, batch_size, train, rank,
+                          world_size, skip_batches, unlabelled)
     # Its own generator: a DataLoader draws its workers' base seed when an iterator starts, and from the
     # global torch RNG that would shift the training process's dropout stream whenever a loader is
     # built (each validation; a resumed run builds its train loader after restoring the RNG).

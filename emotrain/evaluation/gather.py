@@ -24,32 +24,48 @@ class Scored:
     keys: list[str]
     logits: np.ndarray  # float32 [N, C]
     labels: np.ndarray  # int64 [N]
+    # bool [N]: whether the model's own medium (audio in its window, the turn's video) was there;
+    # predict falls back to the other model where it was not. None: present everywhere.
+    present: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.present is None:
+            self.present = np.ones(len(self.keys), dtype=bool)
 
     @classmethod
     def empty(cls, num_classes: int) -> "Scored":
         return cls([], np.zeros((0, num_classes), np.float32), np.zeros(0, np.int64))
 
-    def extend(self, keys: list[str], logits: np.ndarray, labels: np.ndarray) -> None:
+    def extend(self, keys: list[str], logits: np.ndarray, labels: np.ndarray, present: np.ndarray | None = None) -> None:
         self.keys.extend(keys)
         self.logits = np.concatenate([self.logits, logits.astype(np.float32)])
         self.labels = np.concatenate([self.labels, labels.astype(np.int64)])
+        present = np.ones(len(keys), dtype=bool) if present is None else np.asarray(present, dtype=bool)
+        self.present = np.concatenate([self.present, present])
+
+
+def check_unique(keys: list[str]) -> None:
+    """A key seen twice means the exactly-once contract broke: an error, never averaged away."""
+    if len(set(keys)) != len(keys):
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        raise RuntimeError(f"{len(dupes)} turn key(s) scored more than once, e.g. {dupes[0]}")
 
 
 def merge(parts: list[Scored]) -> Scored:
     """Concatenate per-rank results sorted by key; duplicate keys are an error."""
     keys = [k for p in parts for k in p.keys]
-    if len(set(keys)) != len(keys):
-        dupes = sorted({k for k in keys if keys.count(k) > 1})
-        raise RuntimeError(f"{len(dupes)} turn key(s) scored more than once, e.g. {dupes[0]}")
+    check_unique(keys)
     logits = np.concatenate([p.logits for p in parts])
     labels = np.concatenate([p.labels for p in parts])
+    present = np.concatenate([p.present for p in parts])
     order = sorted(range(len(keys)), key=keys.__getitem__)
-    return Scored([keys[i] for i in order], logits[order], labels[order])
+    return Scored([keys[i] for i in order], logits[order], labels[order], present[order])
 
 
 def to_bytes(scored: Scored) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, keys=np.asarray(scored.keys, dtype=np.str_), logits=scored.logits, labels=scored.labels)
+    np.savez(buffer, keys=np.asarray(scored.keys, dtype=np.str_), logits=scored.logits, labels=scored.labels,
+             present=scored.present)
     return buffer.getvalue()
 
 
@@ -57,7 +73,7 @@ def from_bytes(data: bytes, num_classes: int) -> Scored:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         keys = [str(k) for k in npz["keys"]]
         logits = npz["logits"].reshape(len(keys), num_classes)
-        return Scored(keys, logits.astype(np.float32), npz["labels"].astype(np.int64))
+        return Scored(keys, logits.astype(np.float32), npz["labels"].astype(np.int64), npz["present"].astype(bool))
 
 
 def _all_gather_bytes(payload: bytes, device: torch.device) -> list[bytes]:
@@ -79,11 +95,17 @@ def gather_to_rank0(local: Scored, device: torch.device | None = None) -> Scored
 
     ``device`` is where the collective's tensors live: CPU for gloo, this rank's GPU for NCCL.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return merge([local])
     num_classes = local.logits.shape[1]
-    parts = _all_gather_bytes(to_bytes(local), device or torch.device("cpu"))
-    return merge([from_bytes(p, num_classes) for p in parts]) if dist.get_rank() == 0 else None
+    parts = gather_bytes_to_rank0(to_bytes(local), device)
+    return None if parts is None else merge([from_bytes(p, num_classes) for p in parts])
+
+
+def gather_bytes_to_rank0(payload: bytes, device: torch.device | None = None) -> list[bytes] | None:
+    """Every rank's bytes, in rank order, on rank 0 (None elsewhere); ``[payload]`` without a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [payload]
+    parts = _all_gather_bytes(payload, device or torch.device("cpu"))
+    return parts if dist.get_rank() == 0 else None
 
 
 def check_complete(scored: Scored, expected: int, split: str) -> None:

@@ -47,16 +47,24 @@ def model_predictor(model: torch.nn.Module, device: torch.device, bf16: bool) ->
     return predict
 
 
-
-
 @torch.no_grad()
 def score_batches(predict: Predict, batches: Iterable[Mapping[str, Any]], num_classes: int,
                   progress: bool = False) -> Scored:
     """Logits for every turn this rank reads, in fp32 whatever the compute dtype."""
     scored = Scored.empty(num_classes)
     for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
-        scored.extend(batch["keys"], predict(batch).float().cpu().numpy(), batch["labels"].numpy())
+        scored.extend(batch["keys"], predict(batch).float().cpu().numpy(), batch["labels"].numpy(), medium_present(batch))
     return scored
+
+
+def medium_present(batch: Mapping[str, Any]) -> np.ndarray:
+    """bool [B]: whether the model had its own medium for each turn (any audio clip in the window, or the
+    turn's video clip); True for a batch that carries neither."""
+    if "audio_present" in batch:
+        return batch["audio_present"].any(dim=1).numpy()
+    if "video_present" in batch:
+        return batch["video_present"].numpy()
+    return np.ones(len(batch["keys"]), dtype=bool)
 
 
 def score_split(predict: Predict, data: DataConfig, modalities: Modalities, split: str, batch_size: int,
