@@ -224,3 +224,28 @@ def test_fusion_refuses_runs_that_do_not_belong_together(tmp_path):
     save_predictions(run_b / "predictions" / "test.npz", list(disjoint), test_b.logits, test_b.labels)
     with pytest.raises(UserError, match="test: only 0 of the 200 labelled keys were scored by both"):
         fuse_runs(load_run(run_a), load_run(run_b), small_config(strategies=["mean"]))
+
+
+def test_every_fitted_strategy_comes_back_from_its_params_as_json():
+    """What a bundle stores (params() through JSON) restores each strategy to the same probabilities."""
+    import json
+
+    from emotrain.fusion.pipeline import restore_strategy
+
+    rng = np.random.default_rng(3)
+    val_labels, val_a, val_b = make_split(rng, 300)
+    _, test_a, test_b = make_split(rng, 100)
+    config = small_config()
+    for strategy in build_strategies(config):
+        strategy.fit(val_a, val_b, val_labels)
+        params = json.loads(json.dumps(strategy.params()))
+        back = restore_strategy(strategy.name, params, config)
+        np.testing.assert_allclose(back.predict_proba(test_a, test_b), strategy.predict_proba(test_a, test_b),
+                                   rtol=0, atol=1e-12, err_msg=strategy.name)
+        for model, logits in enumerate((test_a, test_b)):
+            np.testing.assert_allclose(back.calibrated_single(logits, model), softmax(logits / strategy.temperatures[model]),
+                                       atol=1e-12)
+    with pytest.raises(ValueError, match="stacking: malformed"):
+        restore_strategy("stacking", {"temperatures": [1.0, 1.0], "weights": [[1.0]], "bias": [0.0, 1.0]}, config)
+    with pytest.raises(ValueError, match="unknown fusion strategy"):
+        restore_strategy("magic", {}, config)

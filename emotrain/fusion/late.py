@@ -49,6 +49,25 @@ class FusionStrategy:
         """Every fitted parameter, as plain JSON data."""
         return {"temperatures": list(self.temperatures or ()), **self._params()}
 
+    def restore(self, params: dict[str, Any]) -> "FusionStrategy":
+        """This strategy as :meth:`fit` left it, from what :meth:`params` wrote (a bundle's fusion,
+        applied to new data without refitting). A missing or malformed entry is a ValueError."""
+        try:
+            t_a, t_b = (float(t) for t in params["temperatures"])
+            if not (t_a > 0 and t_b > 0):
+                raise ValueError("temperatures must be > 0")
+            self.temperatures = (t_a, t_b)
+            self._restore(params)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{self.name}: malformed fitted parameters ({type(err).__name__}: {err})") from None
+        return self
+
+    def calibrated_single(self, logits: np.ndarray, model: int) -> np.ndarray:
+        """Model ``model``'s (0 = A, 1 = B) calibrated probabilities: the fallback where only it could be trusted."""
+        if self.temperatures is None:
+            raise RuntimeError(f"{self.name}: fit() before calibrated_single()")
+        return np.exp(scaled_log_probs(logits, self.temperatures[model]))
+
     def _calibrated(self, a_logits: np.ndarray, b_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if np.shape(a_logits) != np.shape(b_logits):
             raise ValueError(f"the two models' logits differ in shape: {np.shape(a_logits)} vs {np.shape(b_logits)}")
@@ -63,6 +82,9 @@ class FusionStrategy:
 
     def _params(self) -> dict[str, Any]:
         return {}
+
+    def _restore(self, params: dict[str, Any]) -> None:
+        """Set the strategy's own fitted parameters from :meth:`_params` output (none by default)."""
 
 
 def select_on_val(
@@ -120,6 +142,10 @@ class _GridSearchedFusion(FusionStrategy):
 
     def _params(self) -> dict[str, Any]:
         return {self.param_name: self.value, "search": self.search}
+
+    def _restore(self, params: dict[str, Any]) -> None:
+        self.value = float(params[self.param_name])
+        self.search = list(params.get("search", []))
 
 
 @dataclass
@@ -198,3 +224,8 @@ class ConfidenceFusion(_GridSearchedFusion):
 
     def _params(self) -> dict[str, Any]:
         return {"measure": self.measure, **super()._params()}
+
+    def _restore(self, params: dict[str, Any]) -> None:
+        if params.get("measure", self.measure) != self.measure:
+            raise ValueError(f"measure {params['measure']!r} is not {self.measure!r}")
+        super()._restore(params)

@@ -131,6 +131,14 @@ class StackingFusion(FusionStrategy):
         return {"l2": self.l2, "cv_nll": self.cv_nll,
                 "weights": self.theta[:-1].tolist(), "bias": self.theta[-1].tolist()}
 
+    def _restore(self, params: dict[str, Any]) -> None:
+        weights = torch.tensor(params["weights"], dtype=torch.float64)
+        bias = torch.tensor(params["bias"], dtype=torch.float64)
+        if weights.ndim != 2 or bias.shape != (weights.shape[1],) or weights.shape[0] != 2 * weights.shape[1]:
+            raise ValueError(f"weights {tuple(weights.shape)} and bias {tuple(bias.shape)} do not fit two models' classes")
+        self.theta = torch.cat([weights, bias[None]])
+        self.l2, self.cv_nll = params.get("l2"), dict(params.get("cv_nll", {}))
+
 
 @dataclass
 class GatingConfig:
@@ -232,3 +240,12 @@ class GatingFusion(FusionStrategy):
     def _params(self) -> dict[str, Any]:
         state = {k: v.tolist() for k, v in self.gate.state_dict().items()}
         return {"epochs": self.epochs, "weight_decay": self.weight_decay, "cv_nll": self.cv_nll, "state": state}
+
+    def _restore(self, params: dict[str, Any]) -> None:
+        state = {k: torch.tensor(v, dtype=torch.float64) for k, v in params["state"].items()}
+        first = state["net.0.weight"]
+        gate = _Gate(first.shape[1], first.shape[0]).double()
+        gate.load_state_dict(state, strict=True)
+        self.gate = gate
+        self.epochs, self.weight_decay = params.get("epochs"), params.get("weight_decay")
+        self.cv_nll = dict(params.get("cv_nll", {}))

@@ -77,6 +77,13 @@ def build_strategies(config: FusionConfig) -> list[FusionStrategy]:
     return [_FACTORIES[name](config) for name in config.strategies]
 
 
+def restore_strategy(name: str, params: dict[str, Any], config: FusionConfig) -> FusionStrategy:
+    """A fitted strategy back from its name and ``params()`` (what ``fusion.json`` and a bundle hold)."""
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown fusion strategy {name!r} (known: {', '.join(STRATEGY_NAMES)})")
+    return _FACTORIES[name](config).restore(params)
+
+
 @dataclass
 class FusionResult:
     classes: list[str]
@@ -93,11 +100,10 @@ class FusionResult:
 
 def _fused_with_fallback(strategy: FusionStrategy, test: Aligned) -> tuple[np.ndarray, np.ndarray]:
     """Fused probabilities where both models scored; elsewhere the one model's calibrated ones."""
-    t_a, t_b = strategy.temperatures
     probs = [strategy.predict_proba(test.a_logits, test.b_logits)]
     labels = [test.labels]
-    for only, t in ((test.only_a, t_a), (test.only_b, t_b)):
-        probs.append(np.exp(scaled_log_probs(only.logits, t)))
+    for model, only in enumerate((test.only_a, test.only_b)):
+        probs.append(strategy.calibrated_single(only.logits, model))
         labels.append(only.labels)
     return np.concatenate(probs), np.concatenate(labels)
 
