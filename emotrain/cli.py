@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, str] = {
     "evaluate": "score a run on val and/or test, on every rank, each turn exactly once",
     "fuse": "calibrate and late-fuse the audio and video runs; report on test",
     "export": "write a run's weights as a plain safetensors file + config",
+    "bundle": "put trained runs and their fusion into one portable folder for predict",
+    "predict": "apply a bundle to an AvaMERG folder or shards: per-turn labels and probabilities",
     "demo": "synthesise, pack, train both models, evaluate, fuse: the whole job",
 }
 

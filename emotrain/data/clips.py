@@ -19,6 +19,7 @@ from emotrain.data.avamerg import Conversation, MediaDirs, Utterance
 
 CLIP_NAME = re.compile(r"^dia(?P<cid>[A-Za-z0-9-]+?)utt(?P<index>\d+)_(?P<id>\d+)\.(?P<ext>wav|mp4)$")
 EXTENSIONS = ("wav", "mp4")
+AMBIGUOUS = "files match"  # in the note of a clip found among several candidates
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class ClipSource:
         candidates = self._names_for(ext).get((conv.conversation_id, utt.index, ext), [])
         if not candidates:
             return None, ""
-        note = f"{len(candidates)} files match ({', '.join(candidates)}): used {candidates[0]}" if len(candidates) > 1 else ""
+        note = f"{len(candidates)} {AMBIGUOUS} ({', '.join(candidates)}): used {candidates[0]}" if len(candidates) > 1 else ""
         return candidates[0], note
 
     def read(self, conv: Conversation, utt: Utterance, ext: str) -> ClipRead:

@@ -384,7 +384,12 @@ class TurnLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in self.loader:
-            yield {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+            yield as_tensors(batch)
+
+
+def as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
+    """A collated batch's numpy arrays as tensors (no copy): what the models take."""
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
 
 def _as_sent(batch: dict[str, Any]) -> dict[str, Any]:

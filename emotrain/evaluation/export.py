@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from emotrain.rundir import RunDir
 from emotrain.training.checkpoint import choose_tag
 from emotrain.training.master_weights import fp32_state_dict
@@ -21,20 +23,25 @@ def export_weights(run_dir: str | Path, out_dir: str | Path, tag: str | None = N
     """Write ``out_dir/model.safetensors`` (fp32) and a copy of the run's ``config.yaml``; return the weights path.
 
     The checkpoint: ``tag``, else the best one when the run has one (``last``: the newest)."""
-    from safetensors.torch import save_file
-
     run, out_dir = RunDir(run_dir).require(), Path(out_dir)
     config = run.config_path
     tag, kind = choose_tag(run.checkpoints, tag, last)
-    weights = fp32_state_dict(run.root, tag)
-    seen: set[int] = set()
-    for name, tensor in weights.items():  # safetensors refuses tensors sharing memory (tied weights)
-        if tensor.data_ptr() in seen:
-            weights[name] = tensor.clone()
-        seen.add(tensor.data_ptr())
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / WEIGHTS
-    save_file({name: t.contiguous() for name, t in weights.items()}, str(target), metadata={"checkpoint": tag, "checkpoint_kind": kind})
+    save_weights(fp32_state_dict(run.root, tag), target, {"checkpoint": tag, "checkpoint_kind": kind})
     if config.resolve() != (out_dir / CONFIG).resolve():
         shutil.copyfile(config, out_dir / CONFIG)
     return target
+
+
+def save_weights(weights: dict[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> None:
+    """A state dict as one safetensors file (tied weights written as copies: safetensors refuses shared memory)."""
+    from safetensors.torch import save_file
+
+    weights = dict(weights)
+    seen: set[int] = set()
+    for name, tensor in weights.items():
+        if tensor.data_ptr() in seen:
+            weights[name] = tensor.clone()
+        seen.add(tensor.data_ptr())
+    save_file({name: t.contiguous() for name, t in weights.items()}, str(target), metadata=metadata)

@@ -53,8 +53,13 @@ def score_batches(predict: Predict, batches: Iterable[Mapping[str, Any]], num_cl
     """Logits for every turn this rank reads, in fp32 whatever the compute dtype."""
     scored = Scored.empty(num_classes)
     for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
-        scored.extend(batch["keys"], predict(batch).float().cpu().numpy(), batch["labels"].numpy(), medium_present(batch))
+        score_batch(predict, batch, scored)
     return scored
+
+
+def score_batch(predict: Predict, batch: Mapping[str, Any], into: Scored) -> None:
+    """Append one batch's keys, fp32 logits, labels and medium presence to ``into`` (call under no_grad)."""
+    into.extend(batch["keys"], predict(batch).float().cpu().numpy(), batch["labels"].numpy(), medium_present(batch))
 
 
 def medium_present(batch: Mapping[str, Any]) -> np.ndarray:

@@ -15,6 +15,8 @@ import torch
 from emotrain.data.manifest import Manifest
 from emotrain.data.schema import meta_vocab_sizes
 from emotrain.data.stream import Modalities
+from emotrain.errors import UserError
+from emotrain.evaluation.export import WEIGHTS
 from emotrain.models import build_model
 from emotrain.rundir import RunDir
 from emotrain.training.checkpoint import choose_tag, step_of
@@ -44,14 +46,30 @@ class TrainedModel:
         return self.config.train.bf16
 
 
+def trained_weights(run: RunDir, tag: str | None, last: bool = False) -> tuple[dict[str, torch.Tensor], str, str]:
+    """(fp32 state dict, tag, kind) of a run's checkpoint (``tag``, else the best, ``last``: the newest), or of
+    an ``emotrain export`` folder (``model.safetensors`` beside ``config.yaml``; kind ``export``)."""
+    exported = run.root / WEIGHTS
+    if not run.checkpoints.is_dir() and exported.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(exported)), exported.name, "export"
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{exported}: not a readable safetensors file ({err})") from None
+    tag, kind = choose_tag(run.checkpoints, tag, last)
+    return fp32_state_dict(run.root, tag), tag, kind
+
+
 def load_trained_model(run_dir: str | Path, tag: str | None, device: torch.device, last: bool = False) -> TrainedModel:
     """The run's model with a checkpoint's weights (every key must match), in eval mode on ``device``:
-    ``tag``, else the best checkpoint when the run has one (``last``: the newest)."""
+    ``tag``, else the best checkpoint when the run has one (``last``: the newest); an export folder's weights."""
     run = RunDir(run_dir).require()
     cfg = run.read_config()
-    tag, kind = choose_tag(run.checkpoints, tag, last)
+    weights, tag, kind = trained_weights(run, tag, last)
     manifest = Manifest.load(cfg.data.shards, "train")
     classes = manifest.classes
     model = build_model(cfg.model, len(classes), meta_vocab_sizes(manifest.vocab), load_weights=False)
-    model.load_state_dict(fp32_state_dict(run.root, tag), strict=True)
+    model.load_state_dict(weights, strict=True)
     return TrainedModel(model.to(device).eval(), cfg, classes, tag, step_of(tag) or 0, kind)

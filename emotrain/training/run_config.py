@@ -28,14 +28,19 @@ class RunConfig:
     def validate(self) -> None:
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        if self.model.needs_video:
-            want = (self.model.video_frames(), self.model.video_image_size())
-            have = (self.data.video.num_frames, self.data.video.image_size)
-            if want != have:
-                raise ValueError(
-                    f"the video encoder expects {want[0]} frames of {want[1]}x{want[1]} but the loader gives "
-                    f"{have[0]} of {have[1]}x{have[1]}: set data.video.num_frames / data.video.image_size to match"
-                )
+        check_inputs_fit(self.model, self.data)
+
+
+def check_inputs_fit(model: ModelConfig, data: DataConfig) -> None:
+    """What the loader delivers must be what the model expects (training, and a bundle when it loads)."""
+    if model.needs_video:
+        want = (model.video_frames(), model.video_image_size())
+        have = (data.video.num_frames, data.video.image_size)
+        if want != have:
+            raise ValueError(
+                f"the video encoder expects {want[0]} frames of {want[1]}x{want[1]} but the loader gives "
+                f"{have[0]} of {have[1]}x{have[1]}: set data.video.num_frames / data.video.image_size to match"
+            )
 
 
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -1,0 +1,77 @@
+"""``emotrain predict BUNDLE --avamerg DIR | --shards DIR --out OUT``: apply a bundle to new data.
+
+Reads an AvaMERG-layout folder directly (``--avamerg``, with ``--json``, ``--audio-dir``, ``--video-dir`` as
+``pack`` takes them; the official ``test.json`` layout included) or packed shards (``--shards``, ``--split``).
+Runs on one process, or under torchrun / srun like ``evaluate`` (every turn predicted once across ranks,
+gathered on rank 0). Writes ``OUT/predictions.jsonl`` (``--csv``: also ``predictions.csv``) and
+``OUT/summary.json`` (see :mod:`emotrain.inference.outputs`); bad records and clips are listed there with
+their reason and never stop the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from emotrain.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="a bundle folder (`emotrain bundle --out`)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--avamerg", type=Path, help="an AvaMERG-layout folder, read directly")
+    source.add_argument("--shards", type=Path, help="packed shards (the folder `emotrain pack --out` wrote)")
+    parser.add_argument("--json", default="test.json", help="--avamerg: the JSON file in it (default: %(default)s)")
+    parser.add_argument("--audio-dir", type=Path, help="--avamerg: the wav folder (default: DIR/audio_v5_0, else DIR)")
+    parser.add_argument("--video-dir", type=Path, help="--avamerg: the mp4 folder (default: DIR/video_v5_0, else DIR)")
+    parser.add_argument("--max-clip-mb", type=float, default=64.0, help="--avamerg: larger clips are refused")
+    parser.add_argument("--split", default="test", help="--shards: the split folder (default: %(default)s)")
+    parser.add_argument("--workers", type=int, help="--shards: loader workers per rank (default: the model's)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--csv", action="store_true", help="also write predictions.csv")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.avamerg is not None:
+        if not args.avamerg.is_dir():
+            raise UserError(f"AvaMERG folder not found: {args.avamerg}")
+        if Path(args.json).name != args.json:
+            raise UserError(f"--json {args.json!r} must be a file name inside --avamerg")
+    if args.workers is not None and args.workers < 0:
+        raise UserError("--workers must be >= 0")
+    if args.max_clip_mb <= 0:
+        raise UserError("--max-clip-mb must be > 0")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from emotrain.data.avamerg import MediaDirs
+    from emotrain.inference.outputs import PredictOutput
+    from emotrain.inference.predict import Predictor
+    from emotrain.inference.sources import predict_folder, predict_shards
+    from emotrain.training import distributed as dist
+
+    _check(args)
+    env = dist.read_env()
+    device = dist.init_distributed(env) if env.world_size > 1 else dist.device_for(env)
+    progress = not args.no_progress
+    try:
+        predictor = Predictor.load(args.bundle, device)
+        if args.avamerg is not None:
+            media = MediaDirs.locate(args.avamerg, args.audio_dir, args.video_dir)
+            result = predict_folder(predictor, args.avamerg / args.json, media, env.rank, env.world_size, device,
+                                    progress, int(args.max_clip_mb * 2**20))
+        else:
+            result = predict_shards(predictor, args.shards, args.split, env.rank, env.world_size, device, progress,
+                                    args.workers)
+    finally:
+        dist.shutdown()
+    if result is not None:
+        turns, summary = result
+        output = PredictOutput(args.out)
+        output.write(turns, predictor.classes, summary, args.csv)
+        print(summary.line())
+        print(f"predictions: {output.jsonl}{'  ' + str(output.csv) if args.csv else ''}  summary: {output.summary}")
+    return 0
