@@ -156,3 +156,29 @@ def test_tensorboard_logs_hold_the_expected_tags(demo):
     fusion = tensorboard_tags(work / "fusion" / "tensorboard")
     assert {"fusion/test/comparison", "eval/test/macro_f1", "eval/test/confusion", "fusion/test/audio_(raw)/macro_f1",
             "fusion/test/video_(raw)/macro_f1", f"fusion/test/fusion/{chosen}/macro_f1"} <= fusion, sorted(fusion)
+
+
+@pytest.mark.parametrize("demo", [0], indirect=True, ids=["seed0"])
+def test_the_demo_ends_with_a_bundle_that_predicts_every_test_turn(demo):
+    """The bundle predicts the test split; its fused labels are the fusion's on the labelled turns (scored in
+    bf16 on one process here and on two ranks by evaluate, so the probabilities agree to bf16 precision)."""
+    import numpy as np
+
+    from emotrain.config import from_dict
+    from emotrain.fusion.pipeline import FusionConfig, restore_strategy
+    from emotrain.inference.outputs import read_predictions
+
+    work, stdout, _ = demo
+    rows = {r["key"]: r for r in read_predictions(work / "predictions" / "predictions.jsonl")}
+    manifest = json.loads((work / "shards" / "demo" / "test" / "manifest.json").read_text())
+    assert len(rows) == manifest["turns"] and f"predicted {manifest['turns']} turns" in stdout
+    assert (work / "bundle" / "bundle.json").is_file() and str(work / "bundle") in stdout
+    summary = json.loads((work / "fusion" / "fusion.json").read_text())
+    preds = [load_predictions(work / "runs" / model / "predictions" / "test.npz") for model in MODELS]
+    strategy = restore_strategy(summary["chosen"], summary["params"][summary["chosen"]],
+                                from_dict(FusionConfig, summary["config"]))
+    fused = strategy.predict_proba(preds[0].logits.astype(np.float64), preds[1].logits.astype(np.float64))
+    classes = summary["classes"]
+    got = np.array([[rows[k]["probs"]["fused"][c] for c in classes] for k in preds[0].keys])
+    assert np.abs(got - fused).max() < 0.1
+    assert (got.argmax(1) == fused.argmax(1)).mean() > 0.9

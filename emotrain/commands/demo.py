@@ -2,7 +2,8 @@
 
 synthesise an AvaMERG-layout corpus -> pack it into shards -> train model A (audio+text) and
 model B (video+text), each on several ranks with DeepSpeed ZeRO-2 in bf16 -> evaluate both on
-val and test (every rank, each turn once) -> calibrate and late-fuse -> one results table.
+val and test (every rank, each turn once) -> calibrate and late-fuse -> one results table ->
+bundle the trained system and predict the test split with it (``emotrain bundle``, ``emotrain predict``).
 
 Every setting lives in the packaged ``configs/demo/`` (``demo.yaml`` plus the two training configs
 it names); nothing here picks a number. Everything it writes goes under ``--workdir`` (default
@@ -149,6 +150,23 @@ def fuse(cfg: DemoConfig, runs: dict[str, Path], report_dir: Path) -> str:
     return render_markdown(result, runs["audio_text"], runs["video_text"])
 
 
+def bundle_and_predict(runs: dict[str, Path], report_dir: Path, shards_dir: Path, bundle_dir: Path, out: Path) -> None:
+    """Both runs and their fusion in one bundle (made afresh: the runs may have changed), then the test split
+    predicted with it, as a user would: ``emotrain bundle`` and ``emotrain predict``."""
+    import shutil
+
+    from emotrain.cli import main
+
+    _say(f"bundle: {bundle_dir}")
+    shutil.rmtree(bundle_dir, ignore_errors=True)
+    if main(["bundle", "--audio", str(runs["audio_text"]), "--video", str(runs["video_text"]), "--fusion",
+             str(report_dir), "--out", str(bundle_dir)]) != 0:
+        raise UserError("making the bundle failed")
+    _say(f"predict: the test split with the bundle -> {out}")
+    if main(["predict", str(bundle_dir), "--shards", str(shards_dir), "--split", "test", "--out", str(out)]) != 0:
+        raise UserError("predicting with the bundle failed")
+
+
 def results_table(fusion_json: Path) -> str:
     """Each model and each fusion strategy on test: the four headline metrics."""
     summary = json.loads(fusion_json.read_text(encoding="utf-8"))
@@ -177,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     work = args.workdir.absolute()
     corpus_dir, shards_dir, report_dir = work / "corpus", work / "shards" / "demo", work / "fusion"
+    bundle_dir, predictions_dir = work / "bundle", work / "predictions"
     runs = {model: work / "runs" / model for model in MODELS}
     nproc = ranks_for(cfg)
     make_corpus(cfg, corpus_dir)
@@ -185,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         train_model(cfg, model, shards_dir, runs[model], nproc)
     evaluate(runs, nproc)
     fuse(cfg, runs, report_dir)
+    bundle_and_predict(runs, report_dir, shards_dir, bundle_dir, predictions_dir)
     minutes = (time.perf_counter() - start) / 60
     print()
     print("Results on the synthetic test split (synthetic data: a check that everything learns, not a benchmark)")
@@ -194,5 +214,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"fusion report and plots: {report_dir}  (fusion.md, fusion.png, report.json)")
     for model in MODELS:
         print(f"{model}: checkpoints {RunDir(runs[model]).checkpoints}, evaluation {RunDir(runs[model]).eval_root}")
+    print(f"bundle: {bundle_dir}  (emotrain predict {bundle_dir} --avamerg DIR --out OUT)")
+    print(f"test split predicted with it: {predictions_dir}")
     print(f"TensorBoard: tensorboard --logdir {work}")
     return 0
