@@ -3,12 +3,14 @@
 Layout (the one place it is spelled out)::
 
     BUNDLE/bundle.json               BundleInfo: format, classes, label scheme, per model its kind,
-                                     temperature, vocabularies, batch size, precision and source run;
-                                     the fusion strategy chosen on val with its fitted parameters; versions
+                                     temperature, batch size, precision and source run (with its val
+                                     scores); the fusion strategy chosen on val with its fitted
+                                     parameters and val scores; versions and git revision
     BUNDLE/<audio|video>/model.safetensors   the model's fp32 weights
     BUNDLE/<audio|video>/model.yaml          its ModelConfig (pretrained encoders point at encoders/<part>)
     BUNDLE/<audio|video>/data.yaml           the DataConfig it was trained with (frames, image size,
                                              seconds, text fields; tokenizer: tokenizer)
+    BUNDLE/<audio|video>/vocab.json          its metadata vocabularies (id = position + 1)
     BUNDLE/<audio|video>/tokenizer/          the tokenizer files
     BUNDLE/<audio|video>/encoders/<part>/    the Hugging Face config of each pretrained encoder
 
@@ -37,8 +39,8 @@ from emotrain.models import ModelConfig
 
 BUNDLE_FORMAT = 1
 INFO_FILE = "bundle.json"
-WEIGHTS_FILE, MODEL_FILE, DATA_FILE, TOKENIZER_DIR, ENCODERS_DIR = (
-    "model.safetensors", "model.yaml", "data.yaml", "tokenizer", "encoders")
+WEIGHTS_FILE, MODEL_FILE, DATA_FILE, VOCAB_FILE, TOKENIZER_DIR, ENCODERS_DIR = (
+    "model.safetensors", "model.yaml", "data.yaml", "vocab.json", "tokenizer", "encoders")
 KIND_OF = {"audio": "audio_text", "video": "video_text"}  # bundle model name -> model.kind
 ENCODER_KINDS = {"text": "bert", "audio": "wav2vec2", "video": "timesformer"}  # ModelConfig part -> encoder kind
 
@@ -50,7 +52,6 @@ class BundledModel:
     kind: str  # audio_text | video_text
     temperature: float  # fitted on val by the fusion (1.0 when the bundle was made without one: uncalibrated)
     calibrated: bool
-    vocab: dict[str, list[str]]  # metadata vocabularies of the shards it trained on (id = position + 1)
     batch_size: int  # the run's eval batch size
     bf16: bool  # scored under bf16 autocast, as evaluate scores it
     source: dict[str, Any] = field(default_factory=dict)  # run, checkpoint, checkpoint kind, val scores
@@ -205,8 +206,9 @@ def write_bundle(out: Path, sources: dict[str, ModelSource], fusion: BundledFusi
         data = replace(src.data, shards="", text=replace(src.data.text, tokenizer=TOKENIZER_DIR))
         _write_yaml(folder / DATA_FILE, data)
         temperature = (temperatures or {}).get(name)
-        models[name] = BundledModel(src.model.kind, temperature or 1.0, temperature is not None, src.vocab,
-                                    src.batch_size, src.bf16, src.source)
+        (folder / VOCAB_FILE).write_text(json.dumps(src.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+        models[name] = BundledModel(src.model.kind, temperature or 1.0, temperature is not None, src.batch_size,
+                                    src.bf16, src.source)
     info = BundleInfo(BUNDLE_FORMAT, list(scheme.classes), scheme, models, fusion, versions())
     info.validate()
     (tmp / INFO_FILE).write_text(json.dumps(to_dict(info), indent=1) + "\n", encoding="utf-8")
@@ -223,6 +225,7 @@ class LoadedModel:
     module: Any  # torch.nn.Module, in eval mode
     model: ModelConfig
     data: DataConfig
+    vocab: dict[str, list[str]]
     entry: BundledModel
 
     @property
@@ -292,6 +295,7 @@ def _load_model(root: Path, name: str, entry: BundledModel, num_classes: int, de
         check_inputs_fit(model_cfg, data_cfg)
     except (ConfigError, ValueError) as err:
         raise UserError(f"{folder}: {err}") from None
+    vocab = _read_vocab(folder / VOCAB_FILE)
     if model_cfg.kind != entry.kind:
         raise UserError(f"{folder / MODEL_FILE}: a {model_cfg.kind} model, but {INFO_FILE} says {entry.kind}")
     weights_path = folder / WEIGHTS_FILE
@@ -299,13 +303,27 @@ def _load_model(root: Path, name: str, entry: BundledModel, num_classes: int, de
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise UserError(f"{weights_path}: not a readable safetensors file ({err})") from None
-    module = build_model(model_cfg, num_classes, meta_vocab_sizes(entry.vocab), load_weights=False)
+    module = build_model(model_cfg, num_classes, meta_vocab_sizes(vocab), load_weights=False)
     try:
         module.load_state_dict(weights, strict=True)
     except RuntimeError as err:
         detail = " ".join(str(err).split("\n\t")[:2]).strip()
         raise UserError(f"{weights_path} does not fit the {name} model of {MODEL_FILE}: {detail[:300]}") from None
-    return LoadedModel(name, module.to(device).eval(), model_cfg, data_cfg, entry)
+    return LoadedModel(name, module.to(device).eval(), model_cfg, data_cfg, vocab, entry)
+
+
+def _read_vocab(path: Path) -> dict[str, list[str]]:
+    """A model's metadata vocabularies: field -> values, checked like the manifest's."""
+    from emotrain.data.schema import VOCAB_FIELDS
+
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not readable JSON ({err})") from None
+    if not (isinstance(vocab, dict) and set(vocab) <= set(VOCAB_FIELDS)
+            and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in vocab.values())):
+        raise UserError(f"{path}: expected {{field: [values]}} with fields from {list(VOCAB_FIELDS)}")
+    return vocab
 
 
 def load_bundle(root: str | Path, device: Any = None) -> Bundle:

@@ -97,7 +97,7 @@ class Predictor:
         return self.bundle.classes
 
     def _expanders(self, counter: SkipCounter) -> dict[str, TurnExpander]:
-        return {name: TurnExpander(replace(m.data, turns="all"), m.modalities, m.entry.vocab, False, counter, seed=0,
+        return {name: TurnExpander(replace(m.data, turns="all"), m.modalities, m.vocab, False, counter, seed=0,
                                    unlabelled=True)
                 for name, m in self.bundle.models.items()}
 
@@ -140,7 +140,7 @@ class Predictor:
             data = replace(model.data, shards=str(shards), turns="all",
                            num_workers=model.data.num_workers if num_workers is None else num_workers)
             loader, _ = build_loader(data, split, model.modalities, model.entry.batch_size, train=False, rank=rank,
-                                     world_size=world_size, manifest=manifest, vocab=model.entry.vocab,
+                                     world_size=world_size, manifest=manifest, vocab=model.vocab,
                                      unlabelled=True)
             batches = _counting(loader, skipped)
             scored[name] = score_batches(self.predict_fns[name], batches, len(self.classes),
