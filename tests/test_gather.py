@@ -16,6 +16,10 @@ def test_bytes_round_trip_without_pickle():
     assert back.keys == part.keys
     np.testing.assert_array_equal(back.logits, part.logits)
     np.testing.assert_array_equal(back.labels, part.labels)
+    part.present = np.array([True, False, True])  # whether the model's medium was there travels too
+    assert from_bytes(to_bytes(part), 7).present.tolist() == [True, False, True]
+    merged = merge([part, scored(["00000_1"])])
+    assert merged.keys[0] == "00000_1" and merged.present.tolist() == [True, True, False, True]
     empty = from_bytes(to_bytes(Scored.empty(7)), 7)
     assert empty.keys == [] and empty.logits.shape == (0, 7)
 

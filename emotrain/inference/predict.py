@@ -31,6 +31,7 @@ import torch
 
 from emotrain.data.avamerg import MediaDirs, RecordError, Skipped, parse_conversation
 from emotrain.data.clips import ClipSource, FolderClips, MemoryClips
+from emotrain.data.manifest import Manifest
 from emotrain.data.pack import encode_conversation
 from emotrain.data.schema import UNLABELLED
 from emotrain.data.stream import SkipCounter, TurnExpander, as_tensors, build_loader, collate_turns
@@ -128,13 +129,11 @@ class Predictor:
                 flush(name, model, len(pending[name]))
         return scored
 
-    def score_shards(self, shards: Path, split: str, rank: int, world_size: int, num_workers: int | None,
+    def score_shards(self, manifest: Manifest, rank: int, world_size: int, num_workers: int | None,
                      progress: bool = False) -> tuple[dict[str, Scored], dict[str, int]]:
-        """Each model's logits for every turn of this rank's shards of ``shards/split`` (the evaluate loader,
+        """Each model's logits for every turn of this rank's shards of the manifest's split (the evaluate loader,
         with the bundle's vocabularies and unlabelled turns kept), and the loader's skip counts."""
-        from emotrain.data.manifest import Manifest
-
-        manifest = Manifest.load(shards, split)
+        shards, split = manifest.location.parent, manifest.split
         scored, skipped = {}, {}
         for name, model in self.bundle.models.items():
             data = replace(model.data, shards=str(shards), turns="all",
@@ -170,7 +169,7 @@ class Predictor:
         for i, key in enumerate(keys):
             conversation_id, turn_id = split_key(key)
             probs = {"fused": fused[i], **{name: calibrated[name][i] for name in names}}
-            out.append(TurnPrediction(key, conversation_id, turn_id, self.classes[int(np.nanargmax(fused[i]))],
+            out.append(TurnPrediction(key, conversation_id, turn_id, self.classes[int(np.argmax(fused[i]))],
                                       paths[i], {name: bool(present[name][i]) for name in names}, probs))
         return out
 
@@ -199,9 +198,10 @@ class Predictor:
         absent) with its clips from a corpus folder, a :class:`MediaDirs`, or a mapping of clip file names
         (``dia{id}utt{index}_{ID}.wav`` / ``.mp4``) to bytes. A malformed record raises one-line UserError."""
         try:
-            conversation, skipped = parse_conversation(dict(record))
+            conversation, skipped = parse_conversation(record)
         except RecordError as err:
-            raise UserError(f"conversation {record.get('conversation_id', '?')!r}: {err}") from None
+            cid = record.get("conversation_id", "?") if isinstance(record, Mapping) else "?"
+            raise UserError(f"conversation {cid!r}: {err}") from None
         sample, clip_skips = encode(conversation, clip_source(media))
         counter = SkipCounter(keep_reasons=True)
         turns = self.combine(self.score_samples([sample], counter, batch_size))

@@ -112,7 +112,7 @@ def predict_shards(predictor: Predictor, shards: Path, split: str, rank: int = 0
 
     device = device or torch.device("cpu")
     manifest = Manifest.load(shards, split)
-    scored, counts = predictor.score_shards(shards, split, rank, world_size, num_workers, progress)
+    scored, counts = predictor.score_shards(manifest, rank, world_size, num_workers, progress)
     gathered = _gather_scores(scored, device)
     loader_skips = [Skipped("loader", f"{split} shards", f"{n} {kind} (see the log for each)")
                     for kind, n in sorted(counts.items()) if n]
