@@ -188,6 +188,8 @@ def test_missing_media_fall_back_and_bad_input_is_reported_and_the_api_agrees(sy
                     np.testing.assert_allclose(turn.probs[name], probs(row, name, classes), atol=TOL)
     with pytest.raises(UserError, match="turns should be list"):
         predictor.predict_conversation({"conversation_id": "bad", "turns": "x"}, media=corpus)
+    empty = predictor.predict_conversation({"conversation_id": "99999", "turns": []}, media=corpus)
+    assert empty.turns == [] and [s.reason for s in empty.skipped] == ["empty turn list"]
 
 
 def test_a_one_model_bundle_predicts_with_that_model_alone(system, tmp_path):

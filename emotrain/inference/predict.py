@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emotrain.data.avamerg import MediaDirs, RecordError, Skipped, parse_conversation
+from emotrain.data.avamerg import EMPTY_TURNS, MediaDirs, RecordError, Skipped, parse_conversation
 from emotrain.data.clips import ClipSource, FolderClips, MemoryClips
 from emotrain.data.manifest import Manifest
 from emotrain.data.pack import encode_conversation
@@ -196,11 +196,14 @@ class Predictor:
                              batch_size: int | None = None) -> ConversationPrediction:
         """Every turn of one conversation record (the AvaMERG JSON schema; profiles, responses and chains may be
         absent) with its clips from a corpus folder, a :class:`MediaDirs`, or a mapping of clip file names
-        (``dia{id}utt{index}_{ID}.wav`` / ``.mp4``) to bytes. A malformed record raises one-line UserError."""
+        (``dia{id}utt{index}_{ID}.wav`` / ``.mp4``) to bytes. A conversation with an empty turn list gives no turns
+        and says so in ``skipped``; any other malformed record raises a one-line UserError."""
         try:
             conversation, skipped = parse_conversation(record)
         except RecordError as err:
-            cid = record.get("conversation_id", "?") if isinstance(record, Mapping) else "?"
+            cid = str(record.get("conversation_id", "?")) if isinstance(record, Mapping) else "?"
+            if str(err) == EMPTY_TURNS:  # the official test.json holds such conversations: nothing to predict
+                return ConversationPrediction([], [Skipped("conversation", cid, EMPTY_TURNS)])
             raise UserError(f"conversation {cid!r}: {err}") from None
         sample, clip_skips = encode(conversation, clip_source(media))
         counter = SkipCounter(keep_reasons=True)
