@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# DeepSpeed builds its CPU ops (shared-memory collectives) on first use into TORCH_EXTENSIONS_DIR; one
+# folder per venv, so that two checkouts testing at once do not rebuild (and swap) each other's build.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: venv demo test test-fast clean
 
