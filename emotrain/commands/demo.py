@@ -17,23 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from emotrain import workflow
 from emotrain.config import load_config, path_field
 from emotrain.data.pack import PackOptions, pack
 from emotrain.data.splits import SplitRecipe
 from emotrain.data.synthetic import SynthSpec, generate_corpus
 from emotrain.errors import UserError
-from emotrain.fusion.outputs import render_markdown, write_outputs
-from emotrain.fusion.pipeline import FusionConfig, fuse_runs
-from emotrain.fusion.runs import load_run
 from emotrain.labels import load_scheme
 from emotrain.rundir import RunDir
 
@@ -88,25 +83,7 @@ def _say(message: str) -> None:
 
 def ranks_for(cfg: DemoConfig) -> int:
     """One rank per GPU when there are GPUs, else the configured number of CPU ranks."""
-    return torch.cuda.device_count() or cfg.processes
-
-
-def _child_env(nproc: int) -> dict[str, str]:
-    env = dict(os.environ)
-    if not torch.cuda.is_available():
-        env.setdefault("DS_ACCELERATOR", "cpu")
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
-
-
-def launch(nproc: int, args: list[str]) -> None:
-    """``torchrun --standalone`` over ``emotrain <args>``; a failed rank stops the demo."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "emotrain.cli", *args]
-    proc = subprocess.run(cmd, env=_child_env(nproc))
-    if proc.returncode != 0:
-        raise UserError(f"step failed (exit {proc.returncode}): {' '.join(cmd)}")
+    return workflow.local_ranks(cfg.processes)
 
 
 def make_corpus(cfg: DemoConfig, corpus_dir: Path) -> None:
@@ -131,23 +108,18 @@ def make_shards(cfg: DemoConfig, corpus_dir: Path, shards_dir: Path) -> None:
 
 def train_model(cfg: DemoConfig, model: str, shards_dir: Path, run_dir: Path, nproc: int) -> None:
     overrides = [f"data.shards={shards_dir}", *cfg.train_overrides, *cfg.model_overrides.get(model, [])]
-    sets = [arg for item in overrides for arg in ("--set", item)]
     _say(f"train {model}: {nproc} rank(s) -> {run_dir}")
-    launch(nproc, ["train", cfg.train_configs[model], "--run-dir", str(run_dir), *sets])
+    workflow.train(cfg.train_configs[model], run_dir, overrides, nproc)
 
 
 def evaluate(runs: dict[str, Path], nproc: int) -> None:
-    """Both models on val and test in one launch (start-up is a large share of it on a CPU)."""
     _say(f"evaluate {' and '.join(runs)} on val and test")
-    launch(nproc, ["evaluate", *(str(run_dir) for run_dir in runs.values()), "--split", "val", "test"])
+    workflow.evaluate(list(runs.values()), nproc)
 
 
 def fuse(cfg: DemoConfig, runs: dict[str, Path], report_dir: Path) -> str:
     _say("fuse: calibrate on val, pick a strategy on val, report on test")
-    config = load_config(FusionConfig, cfg.fusion)
-    result = fuse_runs(load_run(runs["audio_text"]), load_run(runs["video_text"]), config)
-    write_outputs(result, config, runs["audio_text"], runs["video_text"], report_dir, report_dir / "tensorboard")
-    return render_markdown(result, runs["audio_text"], runs["video_text"])
+    return workflow.fuse(cfg.fusion, runs["audio_text"], runs["video_text"], report_dir)
 
 
 def bundle_and_predict(runs: dict[str, Path], report_dir: Path, shards_dir: Path, bundle_dir: Path, out: Path) -> None:

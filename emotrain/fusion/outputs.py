@@ -46,6 +46,7 @@ def write_outputs(result: FusionResult, config: FusionConfig, audio: Path, video
         "audio_run": str(audio), "video_run": str(video), "classes": result.classes, "chosen": result.chosen,
         "chosen_on": "val macro-F1, ties by val NLL", "val_scores": result.val_scores, "params": result.params,
         "counts": result.counts, "config": to_dict(config), "test": result.rows,
+        "val": {result.chosen_row: result.chosen_val},  # fitted there: in-sample
     }
     (out / "fusion.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "fusion.md").write_text(render_markdown(result, audio, video), encoding="utf-8")

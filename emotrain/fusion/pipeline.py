@@ -92,6 +92,9 @@ class FusionResult:
     params: dict[str, dict[str, Any]]  # strategy or model -> fitted parameters
     counts: dict[str, dict[str, int]]  # split -> keys both / only one model scored, unlabelled
     rows: dict[str, dict[str, Any]]  # system -> test metrics
+    # The chosen strategy on val, where it was fitted (in-sample: optimistic), so that a sweep can put
+    # val and test side by side without refitting anything.
+    chosen_val: dict[str, Any] = field(default_factory=dict)
 
     @property
     def chosen_row(self) -> str:
@@ -165,4 +168,5 @@ def fuse_runs(a: RunPredictions, b: RunPredictions, config: FusionConfig) -> Fus
         params=params,
         counts={"val": val.counts(*MODEL_NAMES), "test": test.counts(*MODEL_NAMES)},
         rows=rows,
+        chosen_val=metrics(chosen.predict_proba(val.a_logits, val.b_logits), val.labels, False),
     )
