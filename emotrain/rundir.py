@@ -112,6 +112,10 @@ class RunDir:
     def eval_dir(self, split: str) -> Path:
         return self.eval_root / split
 
+    def eval_report(self, split: str) -> Path:
+        """The split's ``report.json`` (written by :func:`emotrain.evaluation.report.write_report`)."""
+        return self.eval_dir(split) / "report.json"
+
     @property
     def eval_root(self) -> Path:
         return self.root / "eval"

@@ -18,13 +18,11 @@ import json
 import sys
 from pathlib import Path
 
-import submitit
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from emotrain.config import ConfigError, find_config  # noqa: E402
-from emotrain.training import distributed as dist  # noqa: E402
+from emotrain.training.slurm_submit import add_slurm_arguments, check_slurm_arguments, make_executor  # noqa: E402
 from emotrain.training.submitit_job import TrainJob  # noqa: E402  (importable in the job, unlike __main__)
 
 
@@ -34,20 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", required=True, help="run directory (resumes if it holds checkpoints)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="run-config override (repeatable)")
-    parser.add_argument("--cluster", choices=["slurm", "local", "debug"], default=None,
-                        help="submitit backend (default: slurm when available, else local)")
-    parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--tasks-per-node", type=int, default=None, help="default: --gpus-per-node, or 1")
-    parser.add_argument("--gpus-per-node", type=int, default=0)
-    parser.add_argument("--cpus-per-task", type=int, default=8)
-    parser.add_argument("--partition", default=None)
-    parser.add_argument("--time", type=int, default=24 * 60, help="time limit in minutes")
+    add_slurm_arguments(parser)
     parser.add_argument("--logs", default="runs/submitit", help="submitit's folder for job logs and pickles")
     parser.add_argument("--wait", action="store_true", help="block until the job ends and print its result")
     args = parser.parse_args(argv)
-    for name in ("nodes", "cpus_per_task", "time"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    check_slurm_arguments(parser, args)
     return args
 
 
@@ -56,17 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     train_args = [str(find_config(args.config)), "--run-dir", str(Path(args.run_dir).resolve())]
     for item in args.overrides:
         train_args += ["--set", item]
-    tasks = args.tasks_per_node or max(args.gpus_per_node, 1)
-    dist.forget_torch_ranks()  # the job inherits this environment: SLURM must number the ranks
-    executor = submitit.AutoExecutor(folder=args.logs, cluster=args.cluster)
-    # One failed rank ends the step: the others would otherwise wait out the rendezvous timeout.
-    params = dict(name="emotrain", nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=args.cpus_per_task,
-                  timeout_min=args.time, slurm_srun_args=["--kill-on-bad-exit=1"])
-    if args.gpus_per_node:
-        params["gpus_per_node"] = args.gpus_per_node
-    if args.partition:
-        params["slurm_partition"] = args.partition
-    executor.update_parameters(**params)
+    executor = make_executor(args, args.logs)
     job = executor.submit(TrainJob(train_args))
     print(f"submitted job {job.job_id}: logs in {Path(args.logs) / str(job.job_id)}_*")
     if args.wait:
