@@ -11,6 +11,7 @@ fuse a pair and write ``point.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -24,6 +25,16 @@ from emotrain.workflow import EVAL_SPLITS, set_args
 
 def _find(cfg: SweepConfig, name: str) -> Point:
     return next(point for point in expand_points(cfg) if point.name == name)
+
+
+def _stage_env(start: dict[str, str], base_port: int, stage: int) -> None:
+    """Each in-process stage of a point (a training, the evaluation) starts from the environment submitit
+    gave the task (a stage exports RANK, WORLD_SIZE, ... that would make the next one look torchrun-launched)
+    and rendezvous on a port of its own, the same on every rank: the store rank 0 served for the previous
+    stage may still hold its port."""
+    os.environ.clear()
+    os.environ.update(start)
+    os.environ["MASTER_PORT"] = str(1024 + (base_port - 1024 + stage) % (65536 - 1024))
 
 
 class PointJob(submitit.helpers.Checkpointable):
@@ -44,14 +55,17 @@ class PointJob(submitit.helpers.Checkpointable):
         cfg = sweep.read_config()
         point = _find(cfg, self.point_name)
         pdir = sweep.point(point, cfg.models)
-        rank = dist.read_env().rank
+        start_env, env = dict(os.environ), dist.read_env()
+        rank = env.rank
         try:
-            for model in cfg.models:
+            for stage, model in enumerate(cfg.models):
+                _stage_env(start_env, env.master_port, stage)
                 train_args = [cfg.train_config_of(model), "--run-dir", str(pdir.run(model).root),
                               *set_args(model_overrides(cfg, point, model))]
                 if train_or_requeue(train_args).status == PREEMPTED:
                     return PREEMPTED  # rank 0 never gets here: submitit requeued the task and exited
             runs = [str(pdir.run(model).root) for model in cfg.models]
+            _stage_env(start_env, env.master_port, len(cfg.models))
             if main(["evaluate", *runs, "--split", *EVAL_SPLITS, "--no-progress"]) != 0:
                 raise RuntimeError(f"evaluate failed for {self.point_name}")
             if rank == 0:
