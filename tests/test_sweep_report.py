@@ -167,3 +167,20 @@ def test_hparams_read_back_with_event_accumulator(fake_sweep):
 
 def test_stat_of_one_seed_has_no_spread():
     assert Stat.of([0.5]) == Stat(0.5, 0.0, (0.5, 0.5), [0.5])
+
+
+def test_the_demo_multi_seed_variant_is_the_demo_as_a_sweep(tmp_path):
+    from emotrain.commands.demo import DemoConfig
+    from emotrain.sweep.demo import demo_sweep
+
+    demo = load_config(DemoConfig, "demo/demo", ['model_overrides={"audio_text": ["train.lr=1e-3"]}',
+                                                 'train_overrides=["train.total_samples=64"]'])
+    cfg = demo_sweep(demo, tmp_path / "shards", None, 3)
+    assert cfg.seeds == [0, 1, 2] and cfg.processes == demo.processes and cfg.name == "demo"
+    assert (cfg.pair.audio_text, cfg.pair.video_text, cfg.pair.fusion) == (
+        demo.train_configs["audio_text"], demo.train_configs["video_text"], demo.fusion)
+    point = expand_points(cfg)[2]
+    assert model_overrides(cfg, point, "audio_text") == [
+        f"data.shards={tmp_path / 'shards'}", "train.total_samples=64", "train.lr=1e-3", "train.seed=2"]
+    assert model_overrides(cfg, point, "video_text") == [
+        f"data.shards={tmp_path / 'shards'}", "train.total_samples=64", "train.seed=2"]

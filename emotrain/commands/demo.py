@@ -160,6 +160,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the corpus, shards, runs and fusion report go (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a demo setting, e.g. --set corpus.conversations=200 (repeatable)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="multi-seed variant: train and fuse on N training seeds (a sweep under WORKDIR/sweep) "
+                        "and print mean +/- std over them")
+    parser.add_argument("--sweep", default=None, help="multi-seed variant with this sweep file (default with --seeds: "
+                        "sweeps/demo); the demo's shards are set on it")
+
+
+def run_seeds(cfg: DemoConfig, args: argparse.Namespace, work: Path, shards_dir: Path, start: float) -> int:
+    """The multi-seed variant: the demo's runs on several training seeds, as a sweep (no bundle: which seed?)."""
+    from emotrain.sweep.demo import demo_sweep, run_demo_sweep
+    from emotrain.sweep.layout import SweepDir
+
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    sweep_cfg = demo_sweep(cfg, shards_dir, args.sweep, args.seeds)
+    sweep = SweepDir(work / "sweep")
+    _say(f"sweep {sweep_cfg.name}: seeds {sweep_cfg.seeds} -> {sweep.root}")
+    table, failed = run_demo_sweep(sweep_cfg, sweep)
+    minutes = (time.perf_counter() - start) / 60
+    print()
+    print("Results on the synthetic test split, mean +/- std over training seeds (synthetic data: not a benchmark)")
+    print(table)
+    print()
+    print(f"wall time: {minutes:.1f} min for {len(sweep_cfg.seeds)} seed(s)")
+    print(f"sweep report: {sweep.report_markdown} (and sweep.json, sweep.png); HParams: tensorboard --logdir "
+          f"{sweep.report_tensorboard}")
+    if failed:
+        raise UserError(f"{len(failed)} point(s) failed: {', '.join(failed)}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
     nproc = ranks_for(cfg)
     make_corpus(cfg, corpus_dir)
     make_shards(cfg, corpus_dir, shards_dir)
+    if args.seeds is not None or args.sweep is not None:
+        return run_seeds(cfg, args, work, shards_dir, start)
     for model in MODELS:
         train_model(cfg, model, shards_dir, runs[model], nproc)
     evaluate(runs, nproc)

@@ -40,7 +40,7 @@ def load_sweep(ref: str, overrides: list[str]) -> SweepConfig:
     from emotrain.config import find_config, load_config
     from emotrain.sweep.spec import SweepConfig
 
-    file = find_config(ref, subdir="sweeps")
+    file = find_config(ref)
     cfg = load_config(SweepConfig, file, overrides)
     cfg.name = cfg.name or file.stem
     return cfg
