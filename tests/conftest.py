@@ -46,3 +46,13 @@ def two_shards(corpus13, tmp_path_factory):
     manifests = make_shards(corpus13, out, recipe=ALL_IN_TRAIN, shard_mb=100.0, max_per_shard=7)
     assert len(manifests["train"].shards) == 2
     return out
+
+
+@pytest.fixture(scope="session")
+def split_shards(corpus13, tmp_path_factory):
+    """The 13 conversations packed with val and test splits (0.2 each), 2 per shard: what the sweep tests train on."""
+    from emotrain.data.splits import SplitRecipe
+
+    out = tmp_path_factory.mktemp("splitshards") / "tiny"
+    make_shards(corpus13, out, recipe=SplitRecipe(0.2, 0.2, seed=1), shard_mb=100.0, max_per_shard=2)
+    return out

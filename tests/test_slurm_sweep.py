@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from corpus import make_shards
-from emotrain.data.splits import SplitRecipe
-from slurm_util import SlurmCluster, job_info, poll_until, release_requeued, slurm, slurm_cluster  # noqa: F401
+from slurm_util import job_info, poll_until, release_requeued, slurm, slurm_cluster  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -26,17 +24,11 @@ STEPS = {"short": 4, "long": 40}
 EVERY = 5
 
 
-@pytest.fixture(scope="module")
-def shards(corpus13, tmp_path_factory):
-    out = tmp_path_factory.mktemp("slurmsweepshards") / "tiny"
-    make_shards(corpus13, out, recipe=SplitRecipe(0.2, 0.2, seed=1), shard_mb=100.0, max_per_shard=2)
-    return out
-
-
-def test_sweep_as_a_job_array_with_a_cap_and_a_preempted_task_resumes(slurm_cluster: SlurmCluster, shards, tmp_path):
+@pytest.mark.usefixtures("slurm_cluster")
+def test_sweep_as_a_job_array_with_a_cap_and_a_preempted_task_resumes(split_shards, tmp_path):
     file, out = tmp_path / "tiny.yaml", tmp_path / "sweep"
     file.write_text(yaml.safe_dump({
-        "train_config": "demo/video_text", "shards": str(shards), "seeds": [0, 1],
+        "train_config": "demo/video_text", "shards": str(split_shards), "seeds": [0, 1],
         "overrides": [f"train.checkpoint_every_steps={EVERY}", "train.eval_every_steps=0", "train.log_every_steps=5",
                       "train.warmup_samples=0", "data.num_workers=0", "eval_batch_size=8"],
         "settings": [{"name": name, "set": {"train.total_samples": 16 * steps}} for name, steps in STEPS.items()],

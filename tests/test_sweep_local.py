@@ -18,19 +18,10 @@ import pytest
 import yaml
 from test_engine_runs import BIN, REPO, child_env
 
-from corpus import make_shards
-from emotrain.data.splits import SplitRecipe
 
 pytestmark = pytest.mark.slow
 SHORT, LONG = 4, 30  # optimizer steps of 16 turns
 EVERY = 5
-
-
-@pytest.fixture(scope="module")
-def shards(corpus13, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweepshards") / "tiny"
-    make_shards(corpus13, out, recipe=SplitRecipe(0.2, 0.2, seed=1), shard_mb=100.0, max_per_shard=2)
-    return out
 
 
 def sweep_file(tmp_path: Path, shards: Path) -> Path:
@@ -59,8 +50,8 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_sweep_runs_skips_completed_points_and_resumes_the_killed_one(shards, tmp_path):
-    file, out = sweep_file(tmp_path, shards), tmp_path / "sweep"
+def test_sweep_runs_skips_completed_points_and_resumes_the_killed_one(split_shards, tmp_path):
+    file, out = sweep_file(tmp_path, split_shards), tmp_path / "sweep"
     killed = point(out, "long", 1)
     ckpt = killed / "run" / "checkpoints" / f"step{EVERY:08d}" / "complete"
     first = subprocess.Popen(sweep_cmd(file, out), env=child_env(), cwd=REPO, stdout=subprocess.PIPE,
