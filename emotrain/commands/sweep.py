@@ -72,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     if args.slurm:
         from emotrain.sweep.array import submit_array, wait_for
 
-        if args.max_parallel < 1:
-            raise UserError("--max-parallel must be at least 1")
+        for flag in ("max_parallel", "nodes", "cpus_per_task", "time"):
+            if getattr(args, flag) < 1:
+                raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
         jobs = submit_array(cfg, sweep, args, args.max_parallel)
         if not args.wait:
             print(f"submitted {len(jobs)} array task(s); when they end: emotrain sweep report {args.out}")

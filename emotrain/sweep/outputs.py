@@ -61,7 +61,7 @@ def render_markdown(summary: SweepSummary) -> str:
 def spread_figure(summary: SweepSummary) -> Figure:
     """Test macro-F1 per setting for each system: mean with a +/- std bar, every seed as a dot."""
     done = [s for s in summary.settings if s.seeds]
-    fig = Figure(figsize=(3.0 + 1.2 * max(1, len(done)), 4.5))
+    fig = Figure(figsize=(max(6.5, 3.0 + 1.8 * len(done)), 4.5))
     ax = fig.add_subplot()
     x = np.arange(len(done))
     width = 0.8 / len(summary.systems)
@@ -75,7 +75,7 @@ def spread_figure(summary: SweepSummary) -> Figure:
     ax.set_xticks(x, [f"{s.name}\n(chosen on val)" if s.name == summary.chosen else s.name for s in done],
                   rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(f"test {LABELS[PLOT_METRIC]}")
-    ax.set_title(f"sweep {summary.name}: test {LABELS[PLOT_METRIC]} per setting (dots: seeds)")
+    ax.set_title(f"sweep {summary.name}: test {LABELS[PLOT_METRIC]} per setting (dots: seeds)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
