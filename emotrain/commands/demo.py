@@ -124,19 +124,17 @@ def fuse(cfg: DemoConfig, runs: dict[str, Path], report_dir: Path) -> str:
 
 def bundle_and_predict(runs: dict[str, Path], report_dir: Path, shards_dir: Path, bundle_dir: Path, out: Path) -> None:
     """Both runs and their fusion in one bundle (made afresh: the runs may have changed), then the test split
-    predicted with it, as a user would: ``emotrain bundle`` and ``emotrain predict``."""
+    predicted with it, as a user would: ``emotrain bundle`` and ``emotrain predict``, each a process of
+    its own like every other step (its environment picks DeepSpeed's CPU accelerator on a CPU machine,
+    which an in-process call would announce with a warning)."""
     import shutil
-
-    from emotrain.cli import main
 
     _say(f"bundle: {bundle_dir}")
     shutil.rmtree(bundle_dir, ignore_errors=True)
-    if main(["bundle", "--audio", str(runs["audio_text"]), "--video", str(runs["video_text"]), "--fusion",
-             str(report_dir), "--out", str(bundle_dir)]) != 0:
-        raise UserError("making the bundle failed")
+    workflow.launch(1, ["bundle", "--audio", str(runs["audio_text"]), "--video", str(runs["video_text"]),
+                        "--fusion", str(report_dir), "--out", str(bundle_dir)])
     _say(f"predict: the test split with the bundle -> {out}")
-    if main(["predict", str(bundle_dir), "--shards", str(shards_dir), "--split", "test", "--out", str(out)]) != 0:
-        raise UserError("predicting with the bundle failed")
+    workflow.launch(1, ["predict", str(bundle_dir), "--shards", str(shards_dir), "--split", "test", "--out", str(out)])
 
 
 def results_table(fusion_json: Path) -> str:
