@@ -350,7 +350,8 @@ def test_tokenizer_reads_every_generated_text_without_unknowns(tmp_path):
     "kwargs, message",
     [
         ({"conversations": 0}, "at least 1"),
-        ({"spec": SynthSpec(video_size=300)}, "video_size"),
+        ({"spec": SynthSpec(video_size=1100)}, "video_size"),
+        ({"spec": SynthSpec(keyframe_interval=0)}, "keyframe_interval"),
         ({"spec": SynthSpec(video_size=33)}, "video_size"),
         ({"spec": SynthSpec(audio_informative=1.5)}, "audio_informative"),
         ({"spec": SynthSpec(class_weights={"sad": 1.0})}, "class_weights"),
@@ -395,3 +396,22 @@ def test_the_avamerg_reader_takes_the_corpus_whole(corpus):
         for utterance in conversation.utterances:
             stem = conversation.clip_stem(utterance)
             assert media.wav(stem).is_file() and media.mp4(stem).is_file()
+
+
+def test_keyframe_interval_sets_the_gop_and_long_clips_render_at_large_sizes(tmp_path):
+    import decord
+
+    from emotrain.data.synthetic import write_mp4
+
+    frames = np.random.default_rng(0).integers(0, 255, (30, 32, 32, 3), dtype=np.uint8)
+    keyframes = {}
+    for interval in (4, 250):
+        path = tmp_path / f"k{interval}.mp4"
+        write_mp4(path, frames, 25, interval)
+        keyframes[interval] = len(decord.VideoReader(str(path)).get_key_indices())
+    assert keyframes[250] == 1 and keyframes[4] >= 7
+    spec = SynthSpec(video_size=512, fps=25, min_seconds=5.7, max_seconds=5.7)
+    generate_corpus(tmp_path / "big", 1, 0, spec, progress=False)
+    clip = next((tmp_path / "big" / "video_v5_0").glob("*.mp4"))
+    reader = decord.VideoReader(str(clip))
+    assert len(reader) == round(5.7 * 25) and reader[0].shape == (512, 512, 3)

@@ -55,8 +55,9 @@ SOURCE_SCHEME = "ed32"
 AUDIO_DIR = "audio_v5_0"
 VIDEO_DIR = "video_v5_0"
 JSON_NAME = "train.json"
-VIDEO_SIZE_RANGE = (16, 224)
-FPS_RANGE = (1, 30)
+VIDEO_SIZE_RANGE = (16, 1024)
+FPS_RANGE = (1, 60)
+KEYFRAME_RANGE = (1, 1000)
 
 # Support per class in the real AvaMERG test split: the imbalance the corpus reproduces.
 AVAMERG_SUPPORT = {
@@ -98,6 +99,9 @@ class SynthSpec:
     video_noise: float = 0.03
     video_size: int = 64
     fps: int = 8
+    # Frames from one keyframe to the next (x264's keyint); 250 is x264's default, as most real clips
+    # are encoded, so a clip of 5.7 s at 25 fps has a single keyframe.
+    keyframe_interval: int = 250
     # Relative class frequency under the target scheme (ekman7); defaults to AvaMERG's.
     class_weights: dict[str, float] = field(default_factory=lambda: dict(AVAMERG_SUPPORT))
 
@@ -119,6 +123,8 @@ class SynthSpec:
             raise ValueError(f"video_size must be an even number in [{low}, {high}], got {self.video_size}")
         if not FPS_RANGE[0] <= self.fps <= FPS_RANGE[1]:
             raise ValueError(f"fps must lie in [{FPS_RANGE[0]}, {FPS_RANGE[1]}], got {self.fps}")
+        if not KEYFRAME_RANGE[0] <= self.keyframe_interval <= KEYFRAME_RANGE[1]:
+            raise ValueError(f"keyframe_interval must lie in {list(KEYFRAME_RANGE)}, got {self.keyframe_interval}")
         for name in ("audio_noise", "pitch_jitter", "hue_jitter", "direction_jitter", "video_noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -436,19 +442,21 @@ def render_video(clip: ClipPlan, spec: SynthSpec, rng: np.random.Generator) -> n
     step = np.array([math.cos(angle), -math.sin(angle)]) * speed * size / fps  # (x, y) per frame; y grows down
     radius = 0.2 * size
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    frames = np.empty((frames_n, size, size, 3), dtype=np.float32)
-    for i in range(frames_n):
+    frames = np.empty((frames_n, size, size, 3), dtype=np.uint8)
+    for i in range(frames_n):  # frame by frame: a 5.7 s clip at 512 px would take ~1 GB as one float array
         cx, cy = start + i * step
         dx = (xx - cx + size / 2) % size - size / 2  # the blob wraps around the edges
         dy = (yy - cy + size / 2) % size - size / 2
         inside = (dx * dx + dy * dy) < radius * radius
-        frames[i] = np.where(inside[..., None], blob, background)
-    frames += rng.normal(0.0, spec.video_noise, frames.shape).astype(np.float32)
-    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        frame = np.where(inside[..., None], blob, background).astype(np.float32)
+        # Drawn frame by frame, the noise is the same stream one draw for the whole clip would give.
+        frame += rng.normal(0.0, spec.video_noise, frame.shape).astype(np.float32)
+        frames[i] = np.clip(frame, 0.0, 1.0) * 255.0 + 0.5
+    return frames
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    """H.264 yuv420p with the same bytes on every run.
+def write_mp4(path: Path, frames: np.ndarray, fps: int, keyframe_interval: int = 250) -> None:
+    """H.264 yuv420p with the same bytes on every run, a keyframe every ``keyframe_interval`` frames at most.
 
     Single-threaded, and without x264's macroblock tree: with it, short clips came out
     differently depending on what the process had encoded before.
@@ -457,7 +465,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "20", "preset": "veryfast", "x264-params": "mbtree=0"}
+        stream.options = {"crf": "20", "preset": "veryfast", "x264-params": f"mbtree=0:keyint={keyframe_interval}"}
         stream.codec_context.thread_count = 1
         for pts, frame in enumerate(frames):
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
@@ -469,7 +477,7 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
 def write_clip(out_dir: Path, clip: ClipPlan, spec: SynthSpec, rng: np.random.Generator) -> None:
     wave = render_audio(clip, spec, rng)
     soundfile.write(out_dir / AUDIO_DIR / f"{clip.stem}.wav", wave, clip.sample_rate, subtype="PCM_16")
-    write_mp4(out_dir / VIDEO_DIR / f"{clip.stem}.mp4", render_video(clip, spec, rng), spec.fps)
+    write_mp4(out_dir / VIDEO_DIR / f"{clip.stem}.mp4", render_video(clip, spec, rng), spec.fps, spec.keyframe_interval)
 
 
 # index, seed, spec, output folder (None: JSON only)
