@@ -16,6 +16,7 @@ from typing import Any
 from emotrain.config import ConfigError, from_dict, to_dict
 from emotrain.errors import UserError
 from emotrain.files import write_atomic
+from emotrain.data.prepared import PreparedVideo
 from emotrain.labels import LabelScheme
 
 MANIFEST = "manifest.json"
@@ -46,6 +47,8 @@ class Manifest:
     # Conversations whose last turn is labelled: what the loader yields with data.turns = last.
     # None in manifests written before it was recorded (repack to use turns: last).
     labelled_last_turns: int | None = None
+    # How the video is stored: prepared JPEG frames (pack --prepare-video), or None for the mp4s as given.
+    video: PreparedVideo | None = None
 
     def __post_init__(self) -> None:
         self.location: Path | None = None  # the split folder it was loaded from (not written)

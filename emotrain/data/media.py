@@ -26,6 +26,7 @@ import math
 import re
 import struct
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import soundfile
@@ -72,6 +73,9 @@ class VideoConfig:
     image_size: int = 224
     jitter: bool = False  # training: a random frame within each of the num_frames segments
     decode_threads: int = 1  # decord threads per clip; loader workers already run in parallel
+    # Prepared shards only (pack --prepare-video): where their JPEG frames are decoded. "device": on
+    # the model's device (nvJPEG on CUDA), so the workers only move compressed bytes.
+    jpeg_decode: Literal["worker", "device"] = "worker"
 
     def validate(self) -> None:
         if self.num_frames < 1:

@@ -33,7 +33,9 @@ from tqdm import tqdm
 
 from emotrain.data.avamerg import Conversation, MediaDirs, Skipped, read_conversations
 from emotrain.data.clips import EXTENSIONS, ClipSource, FolderClips
+from emotrain.config import to_dict
 from emotrain.data.manifest import MANIFEST, Manifest, ShardEntry
+from emotrain.data.prepared import PreparedVideo, prepare_clip
 from emotrain.data.schema import UNLABELLED, VOCAB_FIELDS, mp4_member, wav_member
 from emotrain.data.splits import SPLITS, SplitRecipe, plan_splits
 from emotrain.errors import UserError
@@ -58,6 +60,7 @@ class PackOptions:
     max_clip_mb: float = 64.0
     max_skip_frac: float = 0.2
     progress: bool = True
+    video: PreparedVideo | None = None  # store prepared JPEG frames instead of the mp4s (see prepared.py)
 
 
 @dataclass
@@ -69,13 +72,16 @@ class ShardTask:
     conversations: list[Conversation]
     labels: list[list[int]]
     clips: FolderClips
+    video: PreparedVideo | None = None
 
 
-def encode_conversation(conv: Conversation, labels: list[int], clips: ClipSource) -> tuple[dict[str, Any], list[Skipped], int]:
+def encode_conversation(conv: Conversation, labels: list[int], clips: ClipSource,
+                        video: PreparedVideo | None = None) -> tuple[dict[str, Any], list[Skipped], int]:
     """One shard sample for ``conv``, the clips that could not be used (or were ambiguous), and the clip count.
 
     ``pack`` writes it into a shard; ``predict`` on a raw folder and the Python API hand it to the
-    loader's turn expander directly, so every path decodes and preprocesses the same bytes."""
+    loader's turn expander directly, so every path decodes and preprocesses the same bytes.
+    ``video``: store each mp4 as prepared frames (decoded here, once) instead of as given."""
     from emotrain.data.media import MediaError, encode_wav_16k, load_wav_16k, probe_mp4
 
     sample: dict[str, Any] = {
@@ -99,7 +105,14 @@ def encode_conversation(conv: Conversation, labels: list[int], clips: ClipSource
                 skipped.append(Skipped("clip", clip.name, why))
         clip = clips.read(conv, utt, "mp4")
         reason = clip.reason
-        if clip.data is not None:
+        if clip.data is not None and video is not None:
+            try:
+                for suffix, member in prepare_clip(clip.data, video).items():
+                    sample[f"utt{utt.index}{suffix}"] = member
+                count += 1
+            except MediaError as err:
+                reason = f"undecodable mp4: {err}"
+        elif clip.data is not None:
             ok, why = probe_mp4(clip.data)
             if ok:
                 sample[mp4_member(utt.index)] = clip.data
@@ -153,7 +166,7 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     # float mtime costs every member an extra pax header block for readers to parse.
     with wds.TarWriter(str(tmp), mtime=0) as sink:
         for conv, labels in zip(task.conversations, task.labels):
-            sample, clip_skips, n = encode_conversation(conv, labels, task.clips)
+            sample, clip_skips, n = encode_conversation(conv, labels, task.clips, task.video)
             sink.write(sample)
             skipped.extend(clip_skips)
             clips += n
@@ -194,9 +207,12 @@ def plan_shards(
     return groups
 
 
-def _fingerprint(group: list[Conversation], labels: list[list[int]], clips: ClipSource) -> str:
-    """Changes whenever the shard's content would: records, labels, clip files (size, mtime)."""
+def _fingerprint(group: list[Conversation], labels: list[list[int]], clips: ClipSource,
+                 video: PreparedVideo | None = None) -> str:
+    """Changes whenever the shard's content would: records, labels, clip files (size, mtime), how video is stored."""
     digest = hashlib.sha256()
+    if video is not None:
+        digest.update(json.dumps(to_dict(video), sort_keys=True).encode())
     for conv, conv_labels in zip(group, labels):
         digest.update(json.dumps(conv.shard_json(), sort_keys=True).encode())
         digest.update(json.dumps(conv_labels).encode())
@@ -310,7 +326,7 @@ def pack(opts: PackOptions) -> dict[str, Manifest]:
                 labels.append(conv_labels)
                 skips.extend(turn_skips)
             path = split_dir / f"{name}-{split}-{index:06d}.tar"
-            tasks.append(ShardTask(path, _fingerprint(group, labels, clips), group, labels, clips))
+            tasks.append(ShardTask(path, _fingerprint(group, labels, clips, opts.video), group, labels, clips, opts.video))
         _remove_stale(split_dir, {t.path.name for t in tasks})
         tasks_by_split[split] = tasks
         label_skips[split] = skips
@@ -347,6 +363,7 @@ def pack(opts: PackOptions) -> dict[str, Manifest]:
             vocab=vocab,
             recipe=recipe,
             skipped=skipped,
+            video=opts.video,
         )
         manifest.write(opts.out / split)
         manifests[split] = manifest

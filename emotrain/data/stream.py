@@ -26,8 +26,13 @@ Batch contract (dict; B turns, U utterance slots, L token lengths):
   there is none), ``audio_present`` BoolTensor [B, U] (``audio_index >= 0``)
 - video models only: ``video`` ByteTensor [B, T, 3, H, W], uint8 RGB, the current utterance's
   clip (the model normalises it); H, W are at most ``image_size``: smaller clips keep their size
-  (the model scales them up on its device) unless the batch mixes sizes;
-  ``video_present`` BoolTensor [B]
+  (the model scales them up on its device) unless the batch mixes sizes; from prepared shards
+  (``pack --prepare-video``, see :mod:`emotrain.data.prepared`) H = W = ``image_size``, as a
+  channels-first view of channels-last frames; ``video_present`` BoolTensor [B]. With
+  ``video.jpeg_decode: device`` on prepared shards the frames come undecoded instead:
+  ``video_jpeg`` ByteTensor [N] (the batch's JPEG files back to back), ``video_jpeg_sizes``
+  LongTensor [B, T] (bytes of each, 0 for a missing clip) and ``video_jpeg_side`` (int, their
+  side in pixels); :func:`emotrain.models.inputs.model_inputs` decodes them on the model's device.
 - ``skipped``: dict[str, int], what this batch's worker skipped since its previous batch
   (``shard_errors``, ``bad_conversations``, ``bad_clips``); the training loop sums them.
 """
@@ -53,6 +58,10 @@ from torch.utils.data import default_collate
 
 from emotrain.data.manifest import Manifest
 from emotrain.data.media import AudioConfig, MediaError, VideoConfig, decode_audio, decode_video, resize_frames
+from emotrain.data.prepared import (
+    FRAMES_SUFFIX, INDEX_SUFFIX, PreparedClip, PreparedVideo, check_fits, decode_into, frames_index_member,
+    frames_member, pick_frames, split_frames,
+)
 from emotrain.data.schema import ROLE_IDS, UNLABELLED, mp4_member, wav_member
 from emotrain.data.shardlists import ShardSource
 from emotrain.data.text import MetadataEncoder, TextConfig, context_text, load_tokenizer, pad_token_batch, tokenize_turn
@@ -128,9 +137,10 @@ class TurnExpander:
     training and evaluation leave them out."""
 
     def __init__(self, cfg: DataConfig, modalities: Modalities, vocab: dict[str, list[str]], train: bool,
-                 counter: SkipCounter, seed: int, unlabelled: bool = False):
+                 counter: SkipCounter, seed: int, unlabelled: bool = False, prepared: PreparedVideo | None = None):
         self.cfg, self.modalities, self.train, self.counter = cfg, modalities, train, counter
         self.unlabelled = unlabelled
+        self.prepared = prepared  # the shards hold prepared frames instead of mp4s (the manifest's video)
         self.meta = MetadataEncoder(vocab)
         self.tokenizer = load_tokenizer(cfg.text.tokenizer)
         self.seed = seed
@@ -152,7 +162,19 @@ class TurnExpander:
             self.counter.add("bad_clips", f"{key}/{wav_member(index)}", err)
             return None
 
-    def _video(self, sample: dict[str, Any], index: int, key: str) -> torch.Tensor | None:
+    def _video(self, sample: dict[str, Any], index: int, key: str) -> torch.Tensor | list[memoryview] | None:
+        """The clip's frames decoded (mp4), or its prepared frames still as JPEG (picked per turn)."""
+        if self.prepared is not None:
+            data, index_json = sample.get(frames_member(index)), sample.get(frames_index_member(index))
+            if data is None and index_json is None:
+                return None
+            try:
+                if data is None or index_json is None:
+                    raise MediaError("prepared frames without their index, or an index without frames")
+                return split_frames(data, index_json, self.prepared)
+            except MediaError as err:
+                self.counter.add("bad_clips", f"{key}/{frames_member(index)}", err)
+                return None
         data = sample.get(mp4_member(index))
         if data is None:
             return None
@@ -212,16 +234,21 @@ class TurnExpander:
             if decode and self.modalities.video:
                 if last not in video_cache:
                     video_cache[last] = self._video(sample, last, key)
-                item["video"] = video_cache[last]
+                clip = video_cache[last]
+                if isinstance(clip, list):  # prepared: this turn's frames, drawn from its conversation's generator
+                    clip = pick_frames(clip, self.cfg.video.num_frames, self.train and self.cfg.video.jitter, self.rng)
+                item["video"] = clip
             out.append(item)
         return out
 
 
-def collate_turns(samples: list[dict[str, Any]], cfg: DataConfig, modalities: Modalities, pad_id: int) -> dict[str, Any]:
+def collate_turns(samples: list[dict[str, Any]], cfg: DataConfig, modalities: Modalities, pad_id: int,
+                  counter: SkipCounter | None = None) -> dict[str, Any]:
     """Stack turn samples into the batch contract described at the top of this module.
 
     The small fields come out as numpy arrays and the media as tensors (in shared memory inside
     a loader worker): see :class:`TurnLoader` for why, and for where the arrays become tensors.
+    ``counter`` counts prepared frames that fail to decode here (their clip becomes missing).
     """
     batch_size = len(samples)
     num_utts = [len(s["roles"]) for s in samples]
@@ -242,8 +269,49 @@ def collate_turns(samples: list[dict[str, Any]], cfg: DataConfig, modalities: Mo
         batch.update(collate_audio([s["audio"] for s in samples], max_u))
     if modalities.video:
         clips = [s["video"] for s in samples]
-        batch.update(video=stack_clips(clips, cfg.video), video_present=np.array([c is not None for c in clips]))
+        if any(isinstance(c, PreparedClip) for c in clips):
+            keys = [s["key"] for s in samples]
+            batch.update(collate_prepared(clips, keys, cfg.video, counter or SkipCounter()))
+        else:
+            batch.update(video=stack_clips(clips, cfg.video), video_present=np.array([c is not None for c in clips]))
     return batch
+
+
+def collate_prepared(clips: list[PreparedClip | None], keys: list[str], cfg: VideoConfig,
+                     counter: SkipCounter) -> dict[str, Any]:
+    """A batch's prepared clips, decoded here into the batch's shared memory, or kept as JPEG bytes
+    for the model's device to decode (``jpeg_decode: device``): see the contract at the top.
+
+    Decoded straight into the shared-memory batch (channels last, as libjpeg-turbo writes them)
+    and sent as a channels-first view of it: the frames are written once and never copied in
+    the worker. The JPEG bytes themselves are about a tenth of the decoded frames.
+    """
+    frames, side = cfg.num_frames, cfg.image_size
+    present = np.array([c is not None for c in clips])
+    if cfg.jpeg_decode == "device":
+        sizes = np.zeros((len(clips), frames), dtype=np.int64)
+        for i, clip in enumerate(clips):
+            if clip is not None:
+                sizes[i] = [len(j) for j in clip.jpegs]
+        data = media_zeros((int(sizes.sum()),), torch.uint8)
+        flat, pos = data.numpy(), 0
+        for clip in clips:
+            for jpeg in clip.jpegs if clip is not None else ():
+                flat[pos : pos + len(jpeg)] = np.frombuffer(jpeg, dtype=np.uint8)
+                pos += len(jpeg)
+        return {"video_jpeg": data, "video_jpeg_sizes": sizes, "video_jpeg_side": side, "video_present": present}
+    video = media_zeros((len(clips), frames, side, side, 3), torch.uint8)
+    pixels = video.numpy()
+    for i, clip in enumerate(clips):
+        if clip is None:
+            continue
+        try:
+            decode_into(clip, pixels[i])
+        except MediaError as err:
+            counter.add("bad_clips", keys[i], err)
+            pixels[i] = 0
+            present[i] = False
+    return {"video": video.permute(0, 1, 4, 2, 3), "video_present": present}
 
 
 def collate_audio(windows: list[list[np.ndarray | None]], slots: int) -> dict[str, Any]:
@@ -308,9 +376,10 @@ class TurnBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, urls: list[str], cfg: DataConfig, modalities: Modalities, vocab: dict[str, list[str]],
                  batch_size: int, train: bool, rank: int, world_size: int, skip_batches: int = 0,
-                 unlabelled: bool = False):
+                 unlabelled: bool = False, prepared: PreparedVideo | None = None):
         super().__init__()
         self.unlabelled = unlabelled
+        self.prepared = prepared
         self.urls, self.cfg, self.modalities, self.vocab = urls, cfg, modalities, vocab
         self.batch_size, self.train = batch_size, train
         self.rank, self.world_size = rank, world_size
@@ -320,7 +389,7 @@ class TurnBatches(torch.utils.data.IterableDataset):
         """Read only the tar members this model uses (no video bytes for the audio model)."""
         if name.endswith(".wav"):
             return self.modalities.audio
-        if name.endswith(".mp4"):
+        if name.endswith((".mp4", FRAMES_SUFFIX, INDEX_SUFFIX)):
             return self.modalities.video
         return True
 
@@ -342,7 +411,8 @@ class TurnBatches(torch.utils.data.IterableDataset):
         if self.train and self.cfg.shuffle_buffer > 1:
             shuffle = wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=random.Random(reader_seed))
             conversations = shuffle(conversations)
-        expand = TurnExpander(self.cfg, self.modalities, self.vocab, self.train, counter, reader_seed, self.unlabelled)
+        expand = TurnExpander(self.cfg, self.modalities, self.vocab, self.train, counter, reader_seed, self.unlabelled,
+                              self.prepared)
         pending: list[dict[str, Any]] = []
         skip_turns = self.batch_size * max(0, (self.skip_batches - worker + workers - 1) // workers)
         for ordinal, conversation in enumerate(conversations):
@@ -364,7 +434,7 @@ class TurnBatches(torch.utils.data.IterableDataset):
             yield self._emit(pending, counter, expand.tokenizer.pad_token_id)
 
     def _emit(self, samples: list[dict[str, Any]], counter: SkipCounter, pad_id: int) -> dict[str, Any]:
-        batch = collate_turns(samples, self.cfg, self.modalities, pad_id)
+        batch = collate_turns(samples, self.cfg, self.modalities, pad_id, counter)
         batch["skipped"] = counter.take()
         return batch
 
@@ -420,8 +490,13 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
         raise UserError("batch size must be at least 1")
     manifest = manifest or Manifest.load(cfg.shards, split)  # callers that hold it pass it down
     urls = manifest.shard_urls()
+    prepared = manifest.video if modalities.video else None
+    if prepared is not None:
+        unfit = check_fits(prepared, cfg.video.num_frames, cfg.video.image_size, str(manifest.location))
+        if unfit:
+            raise UserError(unfit)
     dataset = TurnBatches(urls, cfg, modalities, manifest.vocab if vocab is None else vocab, batch_size, train, rank,
-                          world_size, skip_batches, unlabelled)
+                          world_size, skip_batches, unlabelled, prepared)
     # Its own generator: a DataLoader draws its workers' base seed when an iterator starts, and from the
     # global torch RNG that would shift the training process's dropout stream whenever a loader is
     # built (each validation; a resumed run builds its train loader after restoring the RNG).
