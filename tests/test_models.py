@@ -98,10 +98,11 @@ def test_padding_utterances_do_not_change_the_output(kind):
     model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES).eval()
     batch = make_batch(kind, [4, 5], utterances=3)
     padded = dict(batch)
-    for key in ("utt_input_ids", "utt_attention_mask", "utt_roles", "utt_mask", "audio_index", "audio_present"):
+    for key in ("utt_row", "utt_roles", "utt_mask", "audio_index", "audio_present"):
         if key in batch:
             value = batch[key]
-            extra = torch.full((value.shape[0], 2, *value.shape[2:]), -1 if key == "audio_index" else 0, dtype=value.dtype)
+            fill = -1 if key in ("utt_row", "audio_index") else 0
+            extra = torch.full((value.shape[0], 2, *value.shape[2:]), fill, dtype=value.dtype)
             padded[key] = torch.cat([value, extra], dim=1)
     torch.testing.assert_close(model(padded), model(batch), rtol=1e-4, atol=1e-5)
 
@@ -118,6 +119,40 @@ def test_audio_model_scores_a_shared_clip_as_it_scores_copies_of_it():
     with torch.no_grad():
         torch.testing.assert_close(model(shared), model(per_slot), rtol=1e-4, atol=1e-5)
         assert not torch.allclose(model(shared), model(make_batch("audio_text", [0, 1, 2], utterances=3)))
+
+
+def text_rows_as_copies(batch: dict) -> dict:
+    """The batch with every text slot on a row of its own: the rows copied out (``ids[row]``), the
+    index ``arange``; what BERT would see if each turn's texts were encoded on their own."""
+    copies = dict(batch)
+    for prefix in ("utt", "ctx"):
+        row = batch[f"{prefix}_row"]
+        where = row >= 0
+        for part in ("ids", "mask"):
+            copies[f"{prefix}_token_{part}"] = batch[f"{prefix}_token_{part}"][row[where]]
+        copies[f"{prefix}_row"] = torch.full_like(row, -1).masked_scatter(where, torch.arange(int(where.sum())))
+    return copies
+
+
+def test_text_dedup_equals_copies(kind):
+    """The loader sends each distinct utterance and context text of a batch once and BERT encodes
+    it once: the logits must equal those of the same batch with a copy of the text per slot."""
+    model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES).eval()
+    shared = make_batch(kind, [0, 1, 2, 3], utterances=3, same_text=True)  # every turn reads the same rows
+    mixed = make_batch(kind, [0, 1, 2, 3], utterances=3)
+    mixed["utt_row"][1, 0] = mixed["utt_row"][2, 1] = mixed["utt_row"][0, 2]  # one text, three slots
+    mixed["ctx_row"][3] = mixed["ctx_row"][1]
+    with torch.no_grad():
+        for batch in (shared, mixed):
+            copies = text_rows_as_copies(batch)
+            for prefix in ("utt", "ctx"):  # some rows are read by several slots
+                used = batch[f"{prefix}_row"][batch[f"{prefix}_row"] >= 0]
+                assert len(copies[f"{prefix}_token_ids"]) == len(used) > len(used.unique())
+            assert torch.allclose(model(batch), model(copies), rtol=0, atol=1e-6)
+        # the shared rows matter: pointing a slot at another text changes its turn's logits
+        moved = dict(mixed, utt_row=mixed["utt_row"].clone())
+        moved["utt_row"][1, 0] = mixed["utt_row"][1, 1]
+        assert not torch.allclose(model(moved)[1], model(mixed)[1])
 
 
 def test_bf16_autocast_forward_backward(kind):

@@ -52,7 +52,12 @@ def test_batch_contract_audio_model_reads_no_video(five_shards):
     b = batches[0]
     assert all(isinstance(v, torch.Tensor) for k, v in b.items() if k not in ("keys", "skipped"))
     B, U = b["utt_roles"].shape
-    assert b["utt_input_ids"].shape[:2] == (B, U) and b["ctx_input_ids"].shape[0] == B
+    assert b["utt_row"].shape == (B, U) and b["ctx_row"].shape == (B,)
+    rows, width = b["utt_token_ids"].shape
+    assert b["utt_token_mask"].shape == (rows, width) and torch.equal(b["utt_row"] >= 0, b["utt_mask"])
+    assert b["ctx_token_mask"].shape == b["ctx_token_ids"].shape and (b["ctx_row"] >= 0).all()
+    assert sorted(set(b["utt_row"][b["utt_mask"]].tolist())) == list(range(rows))  # each row used
+    assert sorted(set(b["ctx_row"].tolist())) == list(range(len(b["ctx_token_ids"])))
     clips = b["audio"].shape[0]
     assert b["audio_lengths"].shape == (clips,) and b["audio"].shape == (clips, int(b["audio_lengths"].max()))
     assert b["audio"].shape[1] <= 16000  # max_seconds 1: padded to the batch's longest clip, at most that
@@ -71,6 +76,61 @@ def test_batch_contract_audio_model_reads_no_video(five_shards):
     assert not b["audio_present"][~b["utt_mask"]].any()
     # Turns of one conversation share utterances: their clips are sent once, not once per slot.
     assert sum(int(x["audio_present"].sum()) for x in batches) > sum(x["audio"].shape[0] for x in batches)
+
+
+def test_loader_batches_send_each_distinct_text_once(five_shards, monkeypatch):
+    """``utt_token_ids[utt_row]`` gives back every slot's own token ids (``ctx_*`` likewise), with
+    each distinct text of the batch in one row; the turns of one conversation share most rows."""
+    collated: list[tuple[list[dict], dict]] = []
+    real = stream.collate_turns
+
+    def recording(samples, *args):
+        collated.append((samples, real(samples, *args)))
+        return collated[-1][1]
+
+    monkeypatch.setattr(stream, "collate_turns", recording)  # no workers: the collate runs here
+    cfg = data_config(five_shards)
+    loader, _ = build_loader(cfg, "train", Modalities(False, False), 8, train=False)
+    assert sum(len(b["keys"]) for b in loader) == sum(len(samples) for samples, _ in collated) > 13
+    for samples, batch in collated:
+        for prefix in ("utt", "ctx"):
+            ids, mask = batch[f"{prefix}_token_ids"], batch[f"{prefix}_token_mask"]
+            distinct = {ids[r, mask[r] > 0].tobytes() for r in range(len(ids))}
+            assert len(distinct) == len(ids)  # rows are distinct
+            assert (ids[mask == 0] == 0).all()  # the tiny tokenizer's [PAD]
+        for i, sample in enumerate(samples):
+            utterances, row = sample["tokens"]["utterances"], batch["utt_row"][i]
+            for j, r in enumerate(row):
+                if j < len(utterances):
+                    got = batch["utt_token_ids"][r, batch["utt_token_mask"][r] > 0]
+                    assert got.tolist() == utterances[j].tolist()
+                else:
+                    assert r == -1
+            r = batch["ctx_row"][i]
+            got = batch["ctx_token_ids"][r, batch["ctx_token_mask"][r] > 0]
+            assert got.tolist() == sample["tokens"]["context"].tolist()
+    by_conversation: dict[str, list[dict]] = {}
+    for samples, _ in collated:
+        for sample in samples:
+            by_conversation.setdefault(sample["key"].rsplit("_", 1)[0], []).append(sample)
+    turns = max(by_conversation.values(), key=len)[:8]
+    one = real(turns, cfg, Modalities(False, False), 0)
+    assert len(one["utt_token_ids"]) < int(one["utt_mask"].sum()) and len(one["ctx_token_ids"]) == 1
+
+
+def test_text_dedup_cuts_bert_rows_per_turn(five_shards):
+    """Before, BERT encoded each real utterance slot and one context per turn; now each distinct
+    utterance and context text of a batch once (default text config, batches of 8, eval)."""
+    loader, _ = build_loader(data_config(five_shards), "train", Modalities(False, False), 8, train=False)
+    assert data_config(five_shards).text.max_utterances == 8
+    turns = before = after = 0
+    for b in loader:
+        turns += len(b["keys"])
+        before += int(b["utt_mask"].sum()) + len(b["keys"])
+        after += len(b["utt_token_ids"]) + len(b["ctx_token_ids"])
+    print(f"\nBERT rows per turn: {before / turns:.2f} before, {after / turns:.2f} after text dedup "
+          f"({before / after:.2f}x fewer; {turns} turns)")
+    assert before >= 1.6 * after
 
 
 def test_video_model_reads_no_audio_and_gets_uint8_frames(five_shards):

@@ -7,9 +7,9 @@ from emotrain.data.text import (
     _META_SOURCES,
     MetadataEncoder,
     TextConfig,
+    collate_token_batch,
     context_text,
     load_tokenizer,
-    pad_token_batch,
     tokenize_turn,
 )
 from emotrain.errors import UserError
@@ -47,19 +47,19 @@ def test_an_unknown_tokenizer_is_a_user_error(tmp_path):
 def test_lengths_are_capped_at_the_configured_maxima(tokenizer):
     long_text = " ".join(WORDS * 40)  # 600 words
     out = tokenize_turn(tokenizer, ["i feel sad", long_text], long_text, cfg())
-    utt_lengths = [len(ids) for ids in out["utt_input_ids"]]
+    utt_lengths = [len(ids) for ids in out["utterances"]]
     assert utt_lengths == [5, 128]
-    assert len(out["ctx_input_ids"]) == 256
+    assert len(out["context"]) == 256
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    for ids in [*out["utt_input_ids"], out["ctx_input_ids"]]:
+    for ids in [*out["utterances"], out["context"]]:
         assert ids.dtype == np.int64 and ids[0] == cls and ids[-1] == sep
     small = tokenize_turn(tokenizer, [long_text], long_text, cfg(max_utterance_tokens=16, max_context_tokens=8))
-    assert len(small["utt_input_ids"][0]) == 16 and len(small["ctx_input_ids"]) == 8
+    assert len(small["utterances"][0]) == 16 and len(small["context"]) == 8
 
 
 def test_an_empty_context_is_just_cls_sep(tokenizer):
     out = tokenize_turn(tokenizer, ["fun"], "", cfg(context_fields=[]))
-    assert out["ctx_input_ids"].tolist() == [tokenizer.cls_token_id, tokenizer.sep_token_id]
+    assert out["context"].tolist() == [tokenizer.cls_token_id, tokenizer.sep_token_id]
 
 
 def test_context_fields_choose_what_the_context_holds(tokenizer):
@@ -68,7 +68,7 @@ def test_context_fields_choose_what_the_context_holds(tokenizer):
     assert context_text(record, turn, ["context"]) == "the party was fun"
     assert context_text(record, turn, ["event_scenario", "context"]) == "my dog ran away the party was fun"
     assert context_text(record, turn, ["goal_to_response"]) == ""
-    ids = tokenize_turn(tokenizer, ["i"], context_text(record, turn, ["emotion_cause"]), cfg())["ctx_input_ids"]
+    ids = tokenize_turn(tokenizer, ["i"], context_text(record, turn, ["emotion_cause"]), cfg())["context"]
     tokens = tokenizer.convert_ids_to_tokens(ids.tolist())
     assert tokens == ["[CLS]", "lost", "[SEP]"]
 
@@ -96,8 +96,8 @@ def test_a_memo_tokenises_each_text_once_per_conversation(tokenizer):
     assert calls == [["i feel sad", "fun"], ["the party"], ["my dog ran away"]] or calls == [
         ["the party"], ["i feel sad", "fun"], ["my dog ran away"]]
     plain = tokenize_turn(tokenizer, ["i feel sad", "fun", "my dog ran away"], "the party", cfg())
-    assert [ids.tolist() for ids in second["utt_input_ids"]] == [ids.tolist() for ids in plain["utt_input_ids"]]
-    assert second["ctx_input_ids"].tolist() == plain["ctx_input_ids"].tolist() == first["ctx_input_ids"].tolist()
+    assert [ids.tolist() for ids in second["utterances"]] == [ids.tolist() for ids in plain["utterances"]]
+    assert second["context"].tolist() == plain["context"].tolist() == first["context"].tolist()
 
 
 def test_too_many_or_no_utterances_are_refused(tokenizer):
@@ -107,21 +107,52 @@ def test_too_many_or_no_utterances_are_refused(tokenizer):
         tokenize_turn(tokenizer, [], "", cfg())
 
 
-def test_pad_token_batch_pads_to_the_longest_in_the_batch(tokenizer):
+def test_collate_token_batch_pads_distinct_rows_to_the_longest_in_the_batch(tokenizer):
     a = tokenize_turn(tokenizer, ["i feel so happy today", "fun"], "the party", cfg())
     b = tokenize_turn(tokenizer, ["sad"], "", cfg())
-    batch = pad_token_batch([a, b])
-    assert batch["utt_input_ids"].shape == (2, 2, 7)  # [CLS] + 5 words + [SEP]
-    assert batch["ctx_input_ids"].shape == (2, 4)
-    assert batch["utt_attention_mask"].sum(-1).tolist() == [[7, 3], [3, 0]]
-    assert batch["ctx_attention_mask"].sum(-1).tolist() == [4, 2]
-    assert batch["utt_input_ids"][1, 0, :3].tolist() == b["utt_input_ids"][0].tolist()
-    assert (batch["utt_input_ids"][batch["utt_attention_mask"] == 0] == 0).all()
-    wider = pad_token_batch([a, b], num_utterances=4, pad_id=9)
-    assert wider["utt_input_ids"].shape == (2, 4, 7) and wider["utt_attention_mask"][:, 2:].sum() == 0
-    assert (wider["utt_input_ids"][wider["utt_attention_mask"] == 0] == 9).all()
+    batch = collate_token_batch([a, b])
+    assert batch["utt_token_ids"].shape == (3, 7)  # [CLS] + 5 words + [SEP]
+    assert batch["utt_token_mask"].sum(-1).tolist() == [7, 3, 3]
+    assert batch["utt_row"].tolist() == [[0, 1], [2, -1]]
+    assert batch["ctx_token_ids"].shape == (2, 4) and batch["ctx_token_mask"].sum(-1).tolist() == [4, 2]
+    assert batch["ctx_row"].tolist() == [0, 1]
+    assert batch["utt_token_ids"][2, :3].tolist() == b["utterances"][0].tolist()
+    assert (batch["utt_token_ids"][batch["utt_token_mask"] == 0] == 0).all()
+    assert all(v.dtype == np.int64 for v in batch.values())
+    wider = collate_token_batch([a, b], num_utterances=4, pad_id=9)
+    assert wider["utt_token_ids"].shape == (3, 7) and wider["utt_row"].tolist() == [[0, 1, -1, -1], [2, -1, -1, -1]]
+    assert (wider["utt_token_ids"][wider["utt_token_mask"] == 0] == 9).all()
+    assert (wider["ctx_token_ids"][wider["ctx_token_mask"] == 0] == 9).all()
     with pytest.raises(ValueError, match="num_utterances"):
-        pad_token_batch([a, b], num_utterances=1)
+        collate_token_batch([a, b], num_utterances=1)
+
+
+def test_collate_token_batch_sends_each_distinct_text_once(tokenizer):
+    """Turns of a conversation repeat each other's utterances and context: each text gets one row,
+    and ``ids[row]`` gives back every slot's own token ids (equal texts anywhere share a row)."""
+    texts = ["i feel sad", "my dog ran away", "so sad", "the party was fun", "fun"]
+    memo: dict = {}
+    turns = [tokenize_turn(tokenizer, texts[: k + 1][-3:], "the party", cfg(max_utterances=3), memo) for k in range(5)]
+    # another conversation (its own memo: new arrays) repeating a text and the context of the first
+    turns.append(tokenize_turn(tokenizer, ["so sad", "lost"], "the party", cfg()))
+    turns.append(tokenize_turn(tokenizer, ["lost"], "my dog ran away", cfg()))
+    batch = collate_token_batch(turns, pad_id=0)
+    ids, mask, row = batch["utt_token_ids"], batch["utt_token_mask"], batch["utt_row"]
+    assert row.shape == (7, 3) and int((row >= 0).sum()) == 15 and ids.shape[0] == 6  # 15 slots, 6 texts
+    assert len({ids[r, mask[r] > 0].tobytes() for r in range(len(ids))}) == len(ids)  # rows are distinct
+    assert row[:, 0].tolist() == [0, 0, 0, 1, 2, 2, 5] and row[5].tolist() == [2, 5, -1]  # first appearance order
+    for t, turn in enumerate(turns):
+        for j in range(3):
+            if j < len(turn["utterances"]):
+                r = row[t, j]
+                assert ids[r, mask[r] > 0].tolist() == turn["utterances"][j].tolist()
+            else:
+                assert row[t, j] == -1
+    ctx_ids, ctx_mask, ctx_row = batch["ctx_token_ids"], batch["ctx_token_mask"], batch["ctx_row"]
+    assert ctx_row.tolist() == [0, 0, 0, 0, 0, 0, 1] and ctx_ids.shape[0] == 2
+    for t, turn in enumerate(turns):
+        r = ctx_row[t]
+        assert ctx_ids[r, ctx_mask[r] > 0].tolist() == turn["context"].tolist()
 
 
 VOCAB = {

@@ -1,8 +1,9 @@
 """A toy model and toy batches driven through the real engine; what the multi-process tests launch.
 
-The model has the real models' shape: it takes a batch dict of the batch contract (token ids per
-utterance, a waveform per utterance, metadata ids) and returns logits, and its pretrained-encoder
-parameters sit under ``text_encoder.`` / ``audio_encoder.`` so the engine gives them their own LR.
+The model has the real models' shape: it takes a batch dict of the batch contract (distinct token
+rows and the row of each utterance slot, a waveform per utterance, metadata ids) and returns
+logits, and its pretrained-encoder parameters sit under ``text_encoder.`` / ``audio_encoder.`` so
+the engine gives them their own LR.
 The label is a fixed function of the tokens, so the loss must fall. Batches are a pure function of
 (seed, rank, micro-batch index), so a resumed run sees exactly the batches the interrupted one would.
 
@@ -46,11 +47,13 @@ class ToyModel(nn.Module):
                                   nn.Linear(hidden, num_classes))
 
     def forward(self, batch: dict) -> torch.Tensor:
-        ids, mask = batch["utt_input_ids"], batch["utt_attention_mask"]
-        b, u, length = ids.shape
-        weights = mask.reshape(b, u * length).to(self.text_encoder.weight.dtype)
-        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1)
-        text = self.text_encoder(ids.reshape(b, u * length), per_sample_weights=weights)
+        # The mean token embedding over all of a turn's utterances: each distinct row is summed
+        # once, then the turn adds up the sums and token counts of the rows its slots read.
+        row, present = batch["utt_row"].clamp(min=0), (batch["utt_row"] >= 0).unsqueeze(-1)
+        weights = batch["utt_token_mask"].to(self.text_encoder.weight.dtype)
+        sums = self.text_encoder(batch["utt_token_ids"], per_sample_weights=weights)
+        counts = weights.sum(dim=1, keepdim=True)
+        text = (sums[row] * present).sum(1) / (counts[row] * present).sum(1).clamp_min(1)
         audio = (self.audio_encoder(batch["audio"]) * batch["audio_present"].unsqueeze(-1).to(text.dtype)).mean(dim=1)
         meta = torch.cat([emb(batch["meta_ids"][:, i]) for i, emb in enumerate(self.meta)], dim=-1)
         return self.head(torch.cat([text, audio, meta], dim=-1))
@@ -69,8 +72,9 @@ def toy_batch(seed: int, rank: int, index: int, size: int, nan: bool = False) ->
     return {
         "keys": [f"toy{rank}_{index}_{i}" for i in range(size)],
         "labels": labels,
-        "utt_input_ids": ids,
-        "utt_attention_mask": torch.ones_like(ids),
+        "utt_token_ids": ids.reshape(size * UTTS, TOKENS),  # random rows: each utterance distinct
+        "utt_token_mask": torch.ones(size * UTTS, TOKENS, dtype=torch.long),
+        "utt_row": torch.arange(size * UTTS).reshape(size, UTTS),
         "utt_mask": torch.ones(size, UTTS, dtype=torch.bool),
         "num_utts": torch.full((size,), UTTS),
         "meta_ids": torch.randint(0, META_VOCAB, (size, META_FIELDS), generator=gen),

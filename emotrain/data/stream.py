@@ -7,17 +7,23 @@ keeps worker memory flat) -> expand each conversation into its turn samples, dec
 at most once per conversation -> collate into fixed-size batches (train: full batches only;
 eval: a last partial batch). Counters of what was skipped ride along in every batch.
 
-Batch contract (dict; B turns, U utterance slots, L token lengths):
+Batch contract (dict; B turns, U utterance slots, R distinct utterance texts, K distinct
+context texts, C distinct clips, L token lengths):
 
 - ``keys``: list[str] turn keys ``{conversation_id}_{turn_id}``
 - ``labels``: LongTensor [B], class index (unlabelled turns are not yielded)
-- ``utt_input_ids``, ``utt_attention_mask``: LongTensor [B, U, Lu]: the turn's last
-  ``max_utterances`` utterances, oldest first, left-aligned on U (padding slots at the end)
+- ``utt_token_ids``, ``utt_token_mask``: LongTensor [R, Lu]: each distinct utterance token
+  sequence of the batch once (turns of one conversation repeat each other's utterances; equal
+  texts share a row wherever they occur), in order of first appearance, padded to the longest
+  of those rows; ``utt_row``: LongTensor [B, U], the row of each utterance slot, -1 on padding
+  slots (``utt_row >= 0`` equals ``utt_mask``). A turn's slots hold its last ``max_utterances``
+  utterances, oldest first, left-aligned on U (padding slots at the end)
 - ``utt_roles``: LongTensor [B, U], 0 = padding, 1 = speaker, 2 = listener
 - ``utt_mask``: BoolTensor [B, U]; ``num_utts``: LongTensor [B]; the current (labelled)
   utterance is at ``num_utts - 1``
-- ``ctx_input_ids``, ``ctx_attention_mask``: LongTensor [B, Lc], the context text built from
-  ``text.context_fields``
+- ``ctx_token_ids``, ``ctx_token_mask``: LongTensor [K, Lc], each distinct context text of the
+  batch once (built from ``text.context_fields``; with the default ``["context"]`` all turns
+  of a conversation share one); ``ctx_row``: LongTensor [B], the row of each turn's context
 - ``meta_ids``: LongTensor [B, len(META_FIELDS)], 0 = unknown
 - audio models only: each distinct clip of the batch once (turns of one conversation repeat
   each other's utterances): ``audio`` FloatTensor [C, S] (16 kHz, zero-padded; S is the longest
@@ -64,7 +70,9 @@ from emotrain.data.prepared import (
 )
 from emotrain.data.schema import ROLE_IDS, UNLABELLED, mp4_member, wav_member
 from emotrain.data.shardlists import ShardSource
-from emotrain.data.text import MetadataEncoder, TextConfig, context_text, load_tokenizer, pad_token_batch, tokenize_turn
+from emotrain.data.text import (
+    MetadataEncoder, TextConfig, collate_token_batch, context_text, load_tokenizer, tokenize_turn,
+)
 from emotrain.config import path_field
 from emotrain.errors import UserError
 from emotrain.training.preemption import ignore_stop_notices, stop_signals_blocked
@@ -259,7 +267,7 @@ def collate_turns(samples: list[dict[str, Any]], cfg: DataConfig, modalities: Mo
         "num_utts": np.array(num_utts, dtype=np.int64),
         "meta_ids": np.stack([s["meta_ids"] for s in samples]).astype(np.int64, copy=False),
     }
-    batch.update(pad_token_batch([s["tokens"] for s in samples], max_u, pad_id=pad_id))
+    batch.update(collate_token_batch([s["tokens"] for s in samples], max_u, pad_id=pad_id))
     roles = np.zeros((batch_size, max_u), dtype=np.int64)
     for i, s in enumerate(samples):
         roles[i, : num_utts[i]] = s["roles"]

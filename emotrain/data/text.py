@@ -2,8 +2,9 @@
 
 Tokenising happens in the loader workers, each text once per conversation (a turn's window
 repeats most of the previous turn's utterances); padding happens per batch in the collate
-(:func:`pad_token_batch`), to the longest sequence in the batch rather than to the configured
-maxima, so short dialogues do not pay for 128-token rows.
+(:func:`collate_token_batch`), which also sends each distinct sequence of the batch once (turns
+of a conversation share most of their texts), padded to the longest of those rows rather than
+to the configured maxima, so short dialogues do not pay for 128-token rows.
 """
 
 from __future__ import annotations
@@ -80,9 +81,9 @@ def tokenize_turn(
 ) -> dict[str, Any]:
     """Token ids of a turn's utterances (oldest first) and its context, unpadded.
 
-    Returns ``utt_input_ids`` (a list of int64 arrays, one per utterance, each at most
-    ``max_utterance_tokens`` long including [CLS]/[SEP]) and ``ctx_input_ids`` (one int64 array,
-    at most ``max_context_tokens``; an empty context gives just [CLS][SEP]). ``memo`` (one per
+    Returns ``utterances`` (a list of int64 arrays, one per utterance, each at most
+    ``max_utterance_tokens`` long including [CLS]/[SEP]) and ``context`` (one int64 array, at
+    most ``max_context_tokens``; an empty context gives just [CLS][SEP]). ``memo`` (one per
     conversation) holds ids already computed, keyed by text and length cap: the loader passes
     it so that turn k does not re-tokenise the utterances turn k-1 already did.
     """
@@ -98,39 +99,67 @@ def tokenize_turn(
             for text, ids in zip(todo, tokenizer(todo, truncation=True, max_length=cap)["input_ids"]):
                 memo[text, cap] = np.asarray(ids, dtype=np.int64)
     return {
-        "utt_input_ids": [memo[key] for key in wanted[:-1]],
-        "ctx_input_ids": memo[wanted[-1]],
+        "utterances": [memo[key] for key in wanted[:-1]],
+        "context": memo[wanted[-1]],
     }
 
 
-def pad_token_batch(
+def collate_token_batch(
     tokens: list[dict[str, Any]], num_utterances: int | None = None, pad_id: int = 0
 ) -> dict[str, np.ndarray]:
-    """Pad :func:`tokenize_turn` outputs into int64 batch arrays, to the longest in the batch.
+    """:func:`tokenize_turn` outputs of a batch as distinct padded rows and the row of each slot.
 
-    ``utt_input_ids``/``utt_attention_mask`` [B, U, Lu] (utterance slots past a turn's own
-    count are all padding, mask 0) and ``ctx_input_ids``/``ctx_attention_mask`` [B, Lc].
-    ``num_utterances`` fixes U (default: the most utterances in the batch).
+    Turns of one conversation repeat each other's utterances (a window of the last
+    ``max_utterances``) and usually share one context, so most slots of a batch hold a text
+    another slot already holds: each distinct token sequence is sent once and BERT encodes it
+    once (the models place the vectors back into the slots). Rows are deduplicated by content,
+    so equal texts of different conversations share a row too; rows come in order of first
+    appearance (turn by turn, oldest utterance first), so the layout is deterministic.
+
+    Returns int64 arrays: ``utt_token_ids``/``utt_token_mask`` [R, Lu] (padded with ``pad_id``,
+    mask 0, to the longest of those rows rather than the configured maximum), ``utt_row``
+    [B, U] (the row of each utterance slot, -1 on the slots past a turn's own count),
+    ``ctx_token_ids``/``ctx_token_mask`` [C, Lc] and ``ctx_row`` [B]. ``num_utterances`` fixes
+    U (default: the most utterances in the batch).
     """
-    batch = len(tokens)
-    most = max(len(t["utt_input_ids"]) for t in tokens)
+    most = max(len(t["utterances"]) for t in tokens)
     slots = most if num_utterances is None else num_utterances
     if slots < most:
         raise ValueError(f"num_utterances={slots} but a turn has {most} utterances")
-    utt_len = max(len(ids) for t in tokens for ids in t["utt_input_ids"])
-    ctx_len = max(len(t["ctx_input_ids"]) for t in tokens)
-    utt_ids = np.full((batch, slots, utt_len), pad_id, dtype=np.int64)
-    utt_mask = np.zeros((batch, slots, utt_len), dtype=np.int64)
-    ctx_ids = np.full((batch, ctx_len), pad_id, dtype=np.int64)
-    ctx_mask = np.zeros((batch, ctx_len), dtype=np.int64)
-    for i, t in enumerate(tokens):
-        for j, ids in enumerate(t["utt_input_ids"]):
-            utt_ids[i, j, : len(ids)] = ids
-            utt_mask[i, j, : len(ids)] = 1
-        ctx = t["ctx_input_ids"]
-        ctx_ids[i, : len(ctx)] = ctx
-        ctx_mask[i, : len(ctx)] = 1
-    return {"utt_input_ids": utt_ids, "utt_attention_mask": utt_mask, "ctx_input_ids": ctx_ids, "ctx_attention_mask": ctx_mask}
+    utt_ids, utt_mask, utt_row = _distinct_rows([t["utterances"] for t in tokens], slots, pad_id)
+    ctx_ids, ctx_mask, ctx_row = _distinct_rows([[t["context"]] for t in tokens], 1, pad_id)
+    return {
+        "utt_token_ids": utt_ids, "utt_token_mask": utt_mask, "utt_row": utt_row,
+        "ctx_token_ids": ctx_ids, "ctx_token_mask": ctx_mask, "ctx_row": ctx_row[:, 0],
+    }
+
+
+def _distinct_rows(
+    groups: list[list[np.ndarray]], slots: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids [R, L], mask [R, L], row [len(groups), slots]) for ``groups[i][j]`` sequences.
+
+    The key is the ids' bytes: the arrays are all int64, so equal bytes mean equal ids of equal
+    length (the loader's memo often hands the very same array to several turns; the bytes also
+    catch equal texts it tokenised separately).
+    """
+    rows: dict[bytes, int] = {}
+    distinct: list[np.ndarray] = []
+    row = np.full((len(groups), slots), -1, dtype=np.int64)
+    for i, group in enumerate(groups):
+        for j, ids in enumerate(group):
+            key = ids.tobytes()
+            if key not in rows:
+                rows[key] = len(distinct)
+                distinct.append(ids)
+            row[i, j] = rows[key]
+    width = max(1, max((len(ids) for ids in distinct), default=0))
+    token_ids = np.full((len(distinct), width), pad_id, dtype=np.int64)
+    token_mask = np.zeros((len(distinct), width), dtype=np.int64)
+    for r, ids in enumerate(distinct):
+        token_ids[r, : len(ids)] = ids
+        token_mask[r, : len(ids)] = 1
+    return token_ids, token_mask, row
 
 
 # Where each META_FIELDS column reads its value: (part of the sample, key).

@@ -3,8 +3,9 @@
 Per utterance: [BERT CLS of its text || Wav2Vec2 mean over its clip || role embedding]; a
 Bi-LSTM and self-attention run over the utterances; the current utterance's state, the BERT
 vector of the context text and the metadata embeddings go to an MLP. BERT runs once over the
-real utterances of the whole batch (padding utterances are never encoded) and Wav2Vec2 only
-over the clips that exist; an absent clip is replaced by a learned "missing" vector.
+distinct utterance texts of the whole batch and once over its distinct contexts (padding
+utterances are never encoded, a text several turns share only once) and Wav2Vec2 only over
+the distinct clips that exist; an absent clip is replaced by a learned "missing" vector.
 """
 
 from __future__ import annotations
@@ -43,10 +44,8 @@ class AudioTextModel(nn.Module):
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         utt_mask = batch["utt_mask"]
         num_utts = batch["num_utts"]
-        text = scatter_rows(
-            self.text_encoder(batch["utt_input_ids"][utt_mask], batch["utt_attention_mask"][utt_mask]),
-            utt_mask, torch.zeros(self.text_encoder.dim, device=utt_mask.device),
-        )
+        # Each distinct text of the batch is encoded once, then placed in every slot using it.
+        text = self.text_encoder.encode_slots(batch["utt_token_ids"], batch["utt_token_mask"], batch["utt_row"])
         present = batch["audio_present"] & utt_mask
         if present.any():
             # Each distinct clip of the batch is encoded once, then placed in every slot using it.
@@ -58,6 +57,7 @@ class AudioTextModel(nn.Module):
         states = self.utterances(torch.cat([text, audio.to(text.dtype), roles.to(text.dtype)], dim=-1), num_utts)
         parts = [current_state(states, num_utts)]
         if self.use_context:
-            parts.append(self.text_encoder(batch["ctx_input_ids"], batch["ctx_attention_mask"]))
+            context = self.text_encoder.encode_slots(batch["ctx_token_ids"], batch["ctx_token_mask"], batch["ctx_row"])
+            parts.append(context)
         parts.append(self.metadata(batch["meta_ids"]).flatten(1))
         return self.head(torch.cat([p.to(parts[0].dtype) for p in parts], dim=-1))

@@ -22,6 +22,7 @@ from emotrain.data.media import resize_frames
 from emotrain.config import path_field
 from emotrain.errors import UserError
 from emotrain.models.cpu_convs import use_float32_cpu_convs
+from emotrain.models.layers import scatter_rows
 
 EncoderKind = Literal["bert", "wav2vec2", "timesformer"]
 
@@ -192,7 +193,11 @@ def is_frozen(module: nn.Module) -> bool:
 
 
 class BertCLS(nn.Module):
-    """BERT's [CLS] vector of each row of token ids (rows are whole texts)."""
+    """BERT's [CLS] vector of each row of token ids (rows are whole texts).
+
+    :meth:`encode_slots` takes the loader's layout, each distinct text of a batch once plus the
+    row each slot reads, and gives one vector per slot.
+    """
 
     def __init__(self, spec: EncoderSpec, load_weights: bool = True) -> None:
         super().__init__()
@@ -200,11 +205,24 @@ class BertCLS(nn.Module):
         self.dim = self.model.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # Rows may carry padding beyond their batch's longest selected row: trim it.
+        # Rows may carry more padding than their longest real row needs: trim it.
         length = int(attention_mask.sum(-1).max().clamp(min=1))
         with torch.set_grad_enabled(torch.is_grad_enabled() and not is_frozen(self.model)):
             out = self.model(input_ids=input_ids[:, :length], attention_mask=attention_mask[:, :length])
         return out.last_hidden_state[:, 0]
+
+    def encode_slots(self, token_ids: torch.Tensor, token_mask: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+        """[CLS] vectors of the distinct rows ``token_ids``/``token_mask`` [R, L], placed at ``row``.
+
+        ``row`` (any shape, e.g. [B, U] utterance slots or [B] contexts) names the row of each
+        slot, -1 for a padding slot, which gets the zero vector -> [*row.shape, D]. Each row is
+        encoded once however many slots read it (turns of a conversation repeat its texts); the
+        gradients of all those slots add up on it. In training, all slots reading a row share its
+        one dropout mask (encoding a copy per slot drew a mask per copy).
+        """
+        vectors = self(token_ids, token_mask)
+        where = row >= 0
+        return scatter_rows(vectors[row[where]], where, vectors.new_zeros(self.dim))
 
 
 class Wav2Vec2Pooled(nn.Module):

@@ -3,7 +3,8 @@
 The label is carried by the media only: every clip of a turn is a sine at 200 * (label + 1)
 Hz (random phase and length), every video frame is noise tinted with the label's colour
 (distinct for up to 7 classes). Text and metadata are random ids, or with ``same_text`` the
-same in every turn, so a model can then learn the labels only through its audio or video.
+same in every turn, so a model can then learn the labels only through its audio or video (the
+turns then share their text rows, as the loader sends a conversation's repeated texts once).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from emotrain.data.schema import META_FIELDS, SAMPLE_RATE
+from emotrain.data.text import collate_token_batch
 
 
 def _tint(labels: torch.Tensor) -> torch.Tensor:
@@ -37,20 +39,24 @@ def example_batch(
     num_utts[0] = utterances
     utt_mask = torch.arange(utterances)[None, :] < num_utts[:, None]
     lengths = torch.randint(3, tokens + 1, (rows, utterances), generator=gen)
-    utt_attention = (torch.arange(tokens)[None, None, :] < lengths[..., None]).long() * utt_mask[..., None]
     # Speaker (1) and listener (2) alternate, ending with the speaker; 0 on padding.
     roles = torch.where(utt_mask, 1 + (num_utts[:, None] - 1 - torch.arange(utterances)) % 2, 0)
-    text = {
-        "utt_input_ids": torch.randint(5, vocab_size, (rows, utterances, tokens), generator=gen) * utt_attention,
-        "utt_attention_mask": utt_attention,
+    utt_ids = torch.randint(5, vocab_size, (rows, utterances, tokens), generator=gen).numpy()
+    ctx_ids = torch.randint(5, vocab_size, (rows, 6), generator=gen).numpy()
+    per_turn = {
         "utt_roles": roles,
         "utt_mask": utt_mask,
         "num_utts": num_utts,
-        "ctx_input_ids": torch.randint(5, vocab_size, (rows, 6), generator=gen),
-        "ctx_attention_mask": torch.ones(rows, 6, dtype=torch.long),
         "meta_ids": torch.randint(0, meta_vocab, (rows, len(META_FIELDS)), generator=gen),
     }
-    batch: dict[str, Any] = {k: v.expand(batch_size, *v.shape[1:]).clone() for k, v in text.items()}
+    batch: dict[str, Any] = {k: v.expand(batch_size, *v.shape[1:]).clone() for k, v in per_turn.items()}
+    # The loader's own collate lays the texts out (each distinct one once, a row index per slot):
+    # with same_text every turn reads the same rows, as turns of one conversation would.
+    turns = [
+        {"utterances": [utt_ids[r, j, : int(lengths[r, j])] for j in range(int(num_utts[r]))], "context": ctx_ids[r]}
+        for r in (0 if same_text else i for i in range(batch_size))
+    ]
+    batch.update({k: torch.from_numpy(v) for k, v in collate_token_batch(turns, utterances).items()})
     label_t = torch.tensor(labels)
     batch.update(keys=[f"c{i}_0" for i in range(batch_size)], labels=label_t)
     if kind == "audio_text":

@@ -5,8 +5,9 @@ frame's patch tokens) -> Bi-LSTM + self-attention over time; the turn's utteranc
 (+ role) -> Bi-LSTM + self-attention over utterances; the metadata fields -> embeddings -> a
 small MLP. Video queries text and text queries video (cross-modal attention); then one token
 per source (video summary, current utterance, metadata, context) goes through a fusion
-Bi-LSTM + self-attention, averaged, to an MLP. TimeSformer runs only on clips that exist; an
-absent clip becomes a learned "missing" vector on every frame.
+Bi-LSTM + self-attention, averaged, to an MLP. BERT runs once per distinct utterance text and
+once per distinct context of the batch; TimeSformer runs only on clips that exist; an absent
+clip becomes a learned "missing" vector on every frame.
 """
 
 from __future__ import annotations
@@ -57,10 +58,8 @@ class VideoTextModel(nn.Module):
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         utt_mask = batch["utt_mask"]
         num_utts = batch["num_utts"]
-        text = scatter_rows(
-            self.text_encoder(batch["utt_input_ids"][utt_mask], batch["utt_attention_mask"][utt_mask]),
-            utt_mask, torch.zeros(self.text_encoder.dim, device=utt_mask.device),
-        )
+        # Each distinct text of the batch is encoded once, then placed in every slot using it.
+        text = self.text_encoder.encode_slots(batch["utt_token_ids"], batch["utt_token_mask"], batch["utt_row"])
         roles = self.role_embedding(batch["utt_roles"]).to(text.dtype)
         text_states = self.text_stream(torch.cat([text, roles], dim=-1), num_utts)
         frames = self._frames(batch["video"], batch["video_present"])
@@ -70,6 +69,7 @@ class VideoTextModel(nn.Module):
         tokens = [video_states.mean(1), current_state(text_states, num_utts)]
         tokens.append(self.metadata_proj(self.metadata(batch["meta_ids"]).flatten(1)))
         if self.context_proj is not None:
-            tokens.append(self.context_proj(self.text_encoder(batch["ctx_input_ids"], batch["ctx_attention_mask"])))
+            context = self.text_encoder.encode_slots(batch["ctx_token_ids"], batch["ctx_token_mask"], batch["ctx_row"])
+            tokens.append(self.context_proj(context))
         fused = self.fusion(torch.stack([t.to(tokens[0].dtype) for t in tokens], dim=1))
         return self.head(fused.mean(1))
