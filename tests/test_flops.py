@@ -143,7 +143,8 @@ def test_full_size_models_offline_in_the_measured_ranges():
 def test_workload_from_a_collated_batch():
     batch = example_batch("audio_text", [0, 1, 2, 3], utterances=4, seconds=2.0, tokens=8)
     workload = TurnWorkload.from_batch(batch)
-    assert workload.utterance_rows == int(batch["utt_mask"].sum()) / 4
+    assert workload.utterance_rows == batch["utt_token_ids"].shape[0] / 4  # distinct rows, as BERT sees them
+    assert workload.context_rows == batch["ctx_token_ids"].shape[0] / 4
     assert workload.utterance_tokens == 8 and workload.context_tokens == 6
     assert workload.audio_clips == batch["audio"].shape[0] / 4
     assert workload.audio_seconds == float(batch["audio_lengths"].max()) / 16000 and workload.video_clips == 0

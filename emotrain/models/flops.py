@@ -75,11 +75,12 @@ class TurnWorkload:
         """The workload of one collated batch (the loader's contract), trimmed as the encoders trim it."""
         utt_mask = batch["utt_mask"]
         turns = utt_mask.shape[0]
-        rows = batch["utt_attention_mask"][utt_mask]
+        rows = batch["utt_token_mask"]  # each distinct utterance of the batch once: what BERT encodes
         fields: dict[str, float] = {
-            "utterance_rows": int(utt_mask.sum()) / turns,
+            "utterance_rows": rows.shape[0] / turns,
             "utterance_tokens": float(rows.sum(-1).max()) if len(rows) else 0.0,
-            "context_tokens": float(batch["ctx_attention_mask"].sum(-1).max()),
+            "context_rows": batch["ctx_token_mask"].shape[0] / turns,
+            "context_tokens": float(batch["ctx_token_mask"].sum(-1).max()),
             "audio_clips": 0.0, "video_clips": 0.0,
         }
         if "audio" in batch and bool((batch["audio_present"] & utt_mask).any()):
