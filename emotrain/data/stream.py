@@ -70,6 +70,7 @@ from emotrain.data.prepared import (
 )
 from emotrain.data.schema import ROLE_IDS, UNLABELLED, mp4_member, wav_member
 from emotrain.data.shardlists import ShardSource
+from emotrain.data.tars import shard_samples
 from emotrain.data.text import (
     MetadataEncoder, TextConfig, collate_token_batch, context_text, load_tokenizer, tokenize_turn,
 )
@@ -414,8 +415,7 @@ class TurnBatches(torch.utils.data.IterableDataset):
         counter = SkipCounter()
         source = ShardSource(self.urls, self.rank, self.world_size, self.train, self.cfg.seed,
                              rotate=self.skip_batches)
-        read_tars = wds.tarfile_to_samples(handler=counter.tar_handler, select_files=self._wanted)
-        conversations: Iterable[dict[str, Any]] = read_tars(iter(source))
+        conversations: Iterable[dict[str, Any]] = shard_samples(iter(source), self._wanted, counter.tar_handler)
         if self.train and self.cfg.shuffle_buffer > 1:
             shuffle = wds.shuffle(self.cfg.shuffle_buffer, initial=self.cfg.shuffle_buffer, rng=random.Random(reader_seed))
             conversations = shuffle(conversations)
