@@ -47,7 +47,10 @@ from emotrain.data.splits import SplitRecipe  # noqa: E402
 from emotrain.data.stream import DataConfig, Modalities, TurnBatches, as_tensors, build_loader  # noqa: E402
 from emotrain.data.synthetic import SynthSpec, generate_corpus  # noqa: E402
 from emotrain.data.text import TextConfig  # noqa: E402
+from emotrain.config import load_config  # noqa: E402
 from emotrain.labels import load_scheme  # noqa: E402
+from emotrain.models import ModelConfig  # noqa: E402
+from emotrain.models.flops import training_flops_per_turn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO, AUDIO = Modalities(False, True), Modalities(True, False)
@@ -61,7 +64,8 @@ class Measured:
     worker_cpu_per_turn: float  # seconds of loader-worker CPU per turn (after the first batch)
     main_cpu_per_turn: float  # seconds of the consuming process's CPU per turn
     bytes_per_turn: float  # media bytes a batch carries per turn
-    bert_rows_per_turn: float | None  # BERT rows per turn the batches ask for (None: not in the batch)
+    bert_rows_per_turn: float  # BERT rows per turn the batches carry (each distinct text once)
+    bert_copies_per_turn: float  # what they were with one row per utterance slot and a context per turn
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -80,15 +84,6 @@ def workers_cpu(pids: list[int]) -> float:
     return sum(readings)
 
 
-def _bert_rows(batch: dict) -> float | None:
-    rows = 0
-    for key in ("utt_token_ids", "ctx_token_ids"):
-        if key not in batch:
-            return None
-        rows += batch[key].shape[0]
-    return rows
-
-
 def measure(cfg: DataConfig, modalities: Modalities, batch_size: int, warmup: int, batches: int) -> Measured:
     """Steady state of a training loader (an endless stream, so no worker runs dry): after ``warmup``
     batches (worker start-up, and the prefetch queues filled), ``batches`` more are timed, and the
@@ -101,18 +96,18 @@ def measure(cfg: DataConfig, modalities: Modalities, batch_size: int, warmup: in
     for _ in range(warmup):
         next(iterator)
     start, cpu_start, main_start = time.perf_counter(), workers_cpu(pids), time.process_time()
-    turns = media = rows = 0
+    turns = media = rows = copies = 0
     for _ in range(batches):
         batch = as_tensors(next(iterator))
         turns += len(batch["keys"])
         media += sum(batch[k].numel() * batch[k].element_size() for k in ("video", "video_jpeg", "audio") if k in batch)
-        counted = _bert_rows(batch)
-        rows = None if counted is None or rows is None else rows + counted
+        rows += batch["utt_token_ids"].shape[0] + batch["ctx_token_ids"].shape[0]
+        copies += int(batch["utt_mask"].sum()) + len(batch["keys"])
     seconds, main_cpu = time.perf_counter() - start, time.process_time() - main_start
     worker_cpu = workers_cpu(pids) - cpu_start if pids else main_cpu
     del iterator
-    return Measured(turns, turns / seconds, worker_cpu / turns, main_cpu / turns, media / turns,
-                    None if rows is None else rows / turns)
+    return Measured(turns, turns / seconds, worker_cpu / turns, main_cpu / turns, media / turns, rows / turns,
+                    copies / turns)
 
 
 def device_decode_cost(cfg: DataConfig, batch_size: int) -> dict[str, float]:
@@ -199,7 +194,16 @@ def main() -> None:
                         help="GPUs and the training FLOP/s each sustains (default: H200=400 RTX3060=25)")
     parser.add_argument("--profile", action="store_true", help="profile a worker on prepared shards")
     args = parser.parse_args()
-    gpus = {name: float(tf) * 1e12 for name, tf in (item.split("=", 1) for item in args.gpu)}
+    try:
+        gpus = {name: float(tf) * 1e12 for name, tf in (item.split("=", 1) for item in args.gpu)}
+    except ValueError:
+        parser.error("--gpu takes NAME=TFLOPS items, e.g. H200=400")
+    flops = {kind: training_flops_per_turn(load_config(ModelConfig, ROOT / f"configs/model/{kind}.yaml")).training
+             for kind in ("audio_text", "video_text")}
+    print("training FLOPs per turn (full-size configs, emotrain.models.flops): "
+          + ", ".join(f"{'A' if k == 'audio_text' else 'B'} {v / 1e9:.1f} GFLOP" for k, v in flops.items())
+          + "; per GPU: " + ", ".join(f"{g} {tf / 1e12:g} TFLOP/s = {tf / flops['video_text']:.0f} B turns/s, "
+                                      f"{tf / flops['audio_text']:.0f} A turns/s" for g, tf in gpus.items()))
     text = TextConfig(tokenizer=str(ROOT / "configs/tokenizers/tiny-wordpiece"))
     video_cfg = VideoConfig(num_frames=8, image_size=224, jitter=True)
     print(f"clips {args.seconds:g} s at {args.fps} fps, keyint {args.keyframe_interval}; training stream, batch "
@@ -221,17 +225,25 @@ def main() -> None:
             print(f"\n== {size} px clips: mp4 {disk_per_clip(raw, ('.mp4',)) / 1024:.0f} KiB per clip; prepared "
                   f"{disk_per_clip(prepared, ('.frames.mjpeg', '.frames.json')) / 1024:.0f} KiB per clip "
                   f"({args.prepare_frames} frames), {pack_cost * 1e3:.0f} ms of CPU per clip to prepare ==")
-            print(f"{'loader':<40} {'turns/s':>8} {'worker ms/turn':>15} {'turns/s/core':>13} {'KiB/turn':>9}")
+            print(f"{'loader':<40} {'turns/s':>8} {'worker ms/turn':>15} {'turns/s/core':>13} {'KiB/turn':>9}"
+                  + "".join(f" {'cores/' + g:>14}" for g in gpus))
             for name, m in rows.items():
+                per_gpu = flops["audio_text" if name.startswith("A") else "video_text"]
                 print(f"{name:<40} {m.steady:8.1f} {m.worker_cpu_per_turn * 1e3:15.2f} "
-                      f"{1 / m.worker_cpu_per_turn:13.0f} {m.bytes_per_turn / 1024:9.0f}")
+                      f"{1 / m.worker_cpu_per_turn:13.0f} {m.bytes_per_turn / 1024:9.0f}"
+                      + "".join(f" {tf / per_gpu * m.worker_cpu_per_turn:14.1f}" for tf in gpus.values()))
             raw_b = rows["B raw mp4 (decord in workers)"]
             for name in list(rows)[1:3]:
                 print(f"{name}: {rows[name].steady / raw_b.steady:.1f}x the raw loader's turns/s, "
                       f"{raw_b.worker_cpu_per_turn / rows[name].worker_cpu_per_turn:.1f}x less worker CPU per turn")
             decode = device_decode_cost(replace(base, shards=str(prepared), video=replace(video_cfg, jpeg_decode="device")),
                                         args.batch_size)
-            print("device-side JPEG decode per turn: " + ", ".join(f"{d} {s * 1e3:.2f} ms" for d, s in decode.items()))
+            print("device-side JPEG decode per turn: " + ", ".join(f"{d} {s * 1e3:.2f} ms" for d, s in decode.items())
+                  + ("" if "cuda" in decode else " (no GPU here: nvJPEG's share of the training process not measured)"))
+            b = rows["B prepared, JPEG decoded in workers"]
+            print(f"BERT rows per turn: {b.bert_copies_per_turn:.2f} with a row per utterance slot and a context per "
+                  f"turn, {b.bert_rows_per_turn:.2f} with each distinct text once per batch: "
+                  f"{b.bert_copies_per_turn / b.bert_rows_per_turn:.2f}x fewer")
             if args.profile:
                 profile_worker(replace(base, shards=str(prepared), num_workers=0), args.batch_size)
 

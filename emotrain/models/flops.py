@@ -4,8 +4,8 @@ A benchmark sizes the CPU side of a GPU node with it: cores per GPU = (GPU FLOP/
 FLOPs per turn) / (loader turns/s per core). So the count must follow what the models really run
 on a turn (:mod:`emotrain.models.audio_text`, :mod:`emotrain.models.video_text`), padding included:
 
-- BERT: every real utterance row of the batch, padded to the batch's longest, and one context
-  row per turn (``use_context``), padded to the batch's longest context.
+- BERT: each *distinct* utterance of the batch once, padded to the batch's longest, and each
+  distinct context once (``use_context``), padded to the batch's longest context.
 - Wav2Vec2: each *distinct* clip of the batch once, all padded to the batch's longest clip.
 - TimeSformer: the current utterance's clip, at the config's ``num_frames`` and ``image_size``
   (the model scales smaller frames up on its device).
@@ -52,17 +52,19 @@ class TurnWorkload:
 
     Defaults are the real AvaMERG corpus with the default data config: conversations of 1-4
     turns (the synthetic corpus' ``TURN_COUNT_P``), turn k holding 2k+1 utterances, give 3.04
-    utterance rows per turn; 19 padded tokens per row (about 58 per turn, as measured); one context
-    row of two dozen padded tokens (a one-sentence situation); 1.7 utterance slots per distinct
-    clip (``collate_audio``) give 1.79 clips per turn, padded to the 6 s cap
+    utterance slots per turn, 1.7 slots per distinct utterance within a batch (the same ratio as
+    for clips: each utterance has one text and one clip), so 1.79 distinct utterance rows per turn;
+    19 padded tokens per row (about 58 per turn over the slots, as measured); 0.42 distinct
+    contexts per turn (one per conversation of a batch of 8, as measured on the synthetic corpus)
+    of two dozen padded tokens (a one-sentence situation); 1.79 clips per turn, padded to the 6 s cap
     (``AudioConfig.max_seconds``) that a batch's longest clip reaches; model B's one clip per turn.
     ``video_frames`` / ``video_image_size``: None = what the model's TimeSformer takes
     (``ModelConfig.video_frames()`` / ``video_image_size()``); set, they ask "what if".
     """
 
-    utterance_rows: float = 3.04
+    utterance_rows: float = 1.79
     utterance_tokens: float = 19.0
-    context_rows: float = 1.0
+    context_rows: float = 0.42
     context_tokens: float = 24.0
     audio_clips: float = 1.79
     audio_seconds: float = 6.0
