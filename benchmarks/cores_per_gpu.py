@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import io
 import os
 import pstats
 import tempfile
@@ -175,6 +176,64 @@ def disk_per_clip(shards: Path, suffixes: tuple[str, ...]) -> float:
     return total / max(1, clips)
 
 
+def _mp4s(corpus: Path, count: int) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((corpus / "video_v5_0").glob("*.mp4"))[:count]]
+
+
+def format_comparison(mp4s: list[bytes], frames: int = 16, size: int = 224, picked: int = 8) -> None:
+    """Per clip: bytes kept and CPU to decode the ``picked`` frames a turn reads, for the ways a clip
+    can be stored at the model's size: JPEG 4:2:0 / 4:4:4 (what ``--prepare-video`` could write), a
+    short-GOP h264 re-encode (every frame, a keyframe every 4), raw frames compressed with zlib."""
+    import zlib
+
+    import decord
+    import numpy as np
+    import simplejpeg
+
+    from emotrain.data.media import decode_video, frame_indices
+    from emotrain.data.synthetic import write_mp4
+
+    def frames_of(data: bytes, every: bool) -> np.ndarray:
+        reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
+        index = np.arange(len(reader)) if every else frame_indices(len(reader), frames, False, None)
+        video = torch.from_numpy(reader.get_batch(index.tolist()).asnumpy()).permute(0, 3, 1, 2).float()
+        video = torch.nn.functional.interpolate(video, size=(size, size), mode="bilinear", antialias=True)
+        return video.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+    pick = frame_indices(frames, picked, False, None)
+    rows: dict[str, list[tuple[int, float]]] = {}
+
+    def timed(name: str, stored: int, decode) -> None:
+        decode()
+        start = time.process_time()
+        for _ in range(20):
+            decode()
+        rows.setdefault(name, []).append((stored, (time.process_time() - start) / 20))
+
+    cfg = VideoConfig(num_frames=picked, image_size=size)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for data in mp4s:
+            timed("mp4 as given (today)", len(data), lambda: decode_video(data, cfg, False, rng))
+            kept = frames_of(data, every=False)
+            for sub in ("420", "444"):
+                jpegs = [simplejpeg.encode_jpeg(f, quality=90, colorspace="RGB", colorsubsampling=sub) for f in kept]
+                timed(f"JPEG q90 {sub[0]}:{sub[1]}:{sub[2]}", sum(map(len, jpegs)),
+                      lambda: [simplejpeg.decode_jpeg(jpegs[i], colorspace="RGB") for i in pick])
+            path = Path(tmp) / "short_gop.mp4"
+            write_mp4(path, frames_of(data, every=True), 25, keyframe_interval=4)
+            short = path.read_bytes()
+            timed("h264 224 px, keyint 4", len(short), lambda: decode_video(short, cfg, False, rng))
+            packed = [zlib.compress(f.tobytes(), 1) for f in kept]
+            timed("raw frames, zlib level 1", sum(map(len, packed)),
+                  lambda: [np.frombuffer(zlib.decompress(packed[i]), np.uint8) for i in pick])
+    print(f"-- storing a clip at {size} px ({frames} frames kept, {picked} decoded per turn; "
+          f"{len(mp4s)} clips, one thread) --")
+    print(f"{'format':<28} {'KiB per clip':>12} {'decode ms per turn':>19}")
+    for name, values in rows.items():
+        print(f"{name:<28} {np.mean([v[0] for v in values]) / 1024:12.0f} {np.mean([v[1] for v in values]) * 1e3:19.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--video-size", type=int, nargs="+", default=[256, 512], help="synthesised clip sides (px)")
@@ -193,6 +252,8 @@ def main() -> None:
     parser.add_argument("--gpu", nargs="+", default=["H200=400", "RTX3060=25"], metavar="NAME=TFLOPS",
                         help="GPUs and the training FLOP/s each sustains (default: H200=400 RTX3060=25)")
     parser.add_argument("--profile", action="store_true", help="profile a worker on prepared shards")
+    parser.add_argument("--formats", type=int, default=6, metavar="N",
+                        help="compare storage formats on N clips of each corpus (0: skip; default 6)")
     args = parser.parse_args()
     try:
         gpus = {name: float(tf) * 1e12 for name, tf in (item.split("=", 1) for item in args.gpu)}
@@ -244,6 +305,8 @@ def main() -> None:
             print(f"BERT rows per turn: {b.bert_copies_per_turn:.2f} with a row per utterance slot and a context per "
                   f"turn, {b.bert_rows_per_turn:.2f} with each distinct text once per batch: "
                   f"{b.bert_copies_per_turn / b.bert_rows_per_turn:.2f}x fewer")
+            if args.formats:
+                format_comparison(_mp4s(Path(tmp) / f"corpus{size}", args.formats), args.prepare_frames)
             if args.profile:
                 profile_worker(replace(base, shards=str(prepared), num_workers=0), args.batch_size)
 

@@ -42,11 +42,16 @@ def model_overrides(seed: int) -> str:
     return "model_overrides=" + json.dumps(per_model)
 
 
+# Seed 1 packs prepared video (pack --prepare-video: 8 JPEG frames of the tiny TimeSformer's 32 px
+# per clip, 4 of them read per turn); seed 0 keeps the mp4s.
+PREPARED = {0: [], 1: ["pack.video={frames: 8, size: 32}"]}
+
+
 @pytest.fixture(scope="module", params=[0, 1], ids=lambda seed: f"seed{seed}")
 def demo(request, tmp_path_factory) -> tuple[Path, str, str]:
     seed = request.param
     work = tmp_path_factory.mktemp(f"demo_seed{seed}")
-    sets = [f"corpus.seed={seed}", *REDUCED, model_overrides(seed)]
+    sets = [f"corpus.seed={seed}", *REDUCED, *PREPARED[seed], model_overrides(seed)]
     cmd = [str(BIN / "emotrain"), "demo", "--workdir", str(work), *[arg for item in sets for arg in ("--set", item)]]
     proc = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -65,6 +70,14 @@ def test_both_models_trained_to_the_end_on_two_ranks_with_zero2_in_bf16(demo):
         assert (run_dir / "checkpoints" / f"step{steps:08d}").is_dir()
         losses = [value for _, value in scalars(run_dir)["train/loss"]]
         assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, (model, losses)
+
+
+def test_the_shards_hold_prepared_video_where_asked(demo, request):
+    work, *_ = demo
+    manifest = json.loads((work / "shards" / "demo" / "train" / "manifest.json").read_text())
+    prepared = bool(PREPARED[request.node.callspec.params["demo"]])
+    assert (manifest["video"] == {"frames": 8, "size": 32, "quality": 90, "format": "jpeg"}) if prepared \
+        else manifest["video"] is None
 
 
 def test_both_models_scored_every_val_and_test_turn_once(demo):

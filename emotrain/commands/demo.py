@@ -26,6 +26,7 @@ import torch
 from emotrain import workflow
 from emotrain.config import load_config, path_field
 from emotrain.data.pack import PackOptions, pack
+from emotrain.data.prepared import PreparedVideo
 from emotrain.data.splits import SplitRecipe
 from emotrain.data.synthetic import SynthSpec, generate_corpus
 from emotrain.errors import UserError
@@ -52,6 +53,7 @@ class PackSettings:
     test_frac: float = 0.2
     max_per_shard: int = 16
     workers: int = 2
+    video: PreparedVideo | None = None  # {frames, size}: pack --prepare-video; None keeps the mp4s
 
 
 @dataclass
@@ -100,7 +102,7 @@ def make_shards(cfg: DemoConfig, corpus_dir: Path, shards_dir: Path) -> None:
     manifests = pack(PackOptions(
         source=corpus_dir, out=shards_dir, scheme=load_scheme(cfg.pack.labels),
         recipe=SplitRecipe(cfg.pack.val_frac, cfg.pack.test_frac, seed=cfg.corpus.seed),
-        workers=cfg.pack.workers, max_per_shard=cfg.pack.max_per_shard, progress=True,
+        workers=cfg.pack.workers, max_per_shard=cfg.pack.max_per_shard, progress=True, video=cfg.pack.video,
     ))
     for split, manifest in manifests.items():
         _say(f"  {split}: {manifest.conversations} conversations, {manifest.labelled_turns} labelled turns")
