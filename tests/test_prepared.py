@@ -218,3 +218,18 @@ def test_nvjpeg_on_cuda_matches_libjpeg_turbo_in_the_workers(both):
         on_cpu = model_inputs(batch, torch.device("cpu"))["video"]
         assert on_gpu.device.type == "cuda" and on_gpu.shape == on_cpu.shape
         assert (on_gpu.cpu().float() - on_cpu.float()).abs().mean() <= 1.0  # IDCT rounding differs by a level
+
+
+def test_training_on_prepared_shards_of_another_size_stops_in_one_line_before_any_work(corpus64, tmp_path):
+    from test_engine_runs import BIN, REPO, child_env
+
+    shards = tmp_path / "small"
+    make_shards(corpus64, shards, recipe=ALL_IN_TRAIN, shard_mb=100.0, video=PreparedVideo(frames=8, size=16))
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([str(BIN / "emotrain"), "train", "demo/video_text", "--run-dir", str(run_dir),
+                           "--set", f"data.shards={shards}"], env=child_env(), cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "8 JPEG frames of 16x16" in line and "4 frames of 32x32" in line
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "config.yaml").exists()

@@ -475,6 +475,17 @@ def _as_sent(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
+def prepared_video(manifest: Manifest, cfg: VideoConfig, modalities: Modalities) -> PreparedVideo | None:
+    """The prepared video a model reading ``manifest``'s split gets (None: mp4s, or no video read);
+    a UserError naming both when its frames do not fit the model's (training checks before any work)."""
+    if not modalities.video or manifest.video is None:
+        return None
+    unfit = check_fits(manifest.video, cfg.num_frames, cfg.image_size, str(manifest.location))
+    if unfit:
+        raise UserError(unfit)
+    return manifest.video
+
+
 def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size: int, train: bool,
                  rank: int = 0, world_size: int = 1, skip_batches: int = 0,
                  manifest: Manifest | None = None, vocab: dict[str, list[str]] | None = None,
@@ -498,11 +509,7 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
         raise UserError("batch size must be at least 1")
     manifest = manifest or Manifest.load(cfg.shards, split)  # callers that hold it pass it down
     urls = manifest.shard_urls()
-    prepared = manifest.video if modalities.video else None
-    if prepared is not None:
-        unfit = check_fits(prepared, cfg.video.num_frames, cfg.video.image_size, str(manifest.location))
-        if unfit:
-            raise UserError(unfit)
+    prepared = prepared_video(manifest, cfg.video, modalities)
     dataset = TurnBatches(urls, cfg, modalities, manifest.vocab if vocab is None else vocab, batch_size, train, rank,
                           world_size, skip_batches, unlabelled, prepared)
     # Its own generator: a DataLoader draws its workers' base seed when an iterator starts, and from the

@@ -33,7 +33,7 @@ import torch
 
 from emotrain.data.manifest import Manifest
 from emotrain.data.schema import meta_vocab_sizes
-from emotrain.data.stream import SKIP_KINDS, Modalities, build_loader
+from emotrain.data.stream import SKIP_KINDS, Modalities, build_loader, prepared_video
 from emotrain.data.text import load_tokenizer
 from emotrain.errors import UserError
 from emotrain.evaluation.scoring import PeriodicValidation
@@ -134,6 +134,8 @@ def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
     if manifest.turns_for(cfg.data.turns) == 0:
         raise UserError(f"{cfg.data.shards}/train holds no labelled turns (data.turns={cfg.data.turns})")
     check_tokenizer(cfg)
+    modalities = Modalities(audio=cfg.model.needs_audio, video=cfg.model.needs_video)
+    prepared_video(manifest, cfg.data.video, modalities)  # prepared shards for another model: one line, now
     # Decided once (accelerate may ask for bf16) and recorded, so evaluation computes as training did.
     cfg.train.bf16 = use_bf16(cfg.train, dist.read_accelerate_settings())
     check_same_contract(run, cfg)
@@ -144,7 +146,6 @@ def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
     if cfg.train.init_from and latest_complete_tag(run.checkpoints) is None:
         load_initial_weights(model, cfg.train.init_from, env)
     loss_fn = build_loss(cfg.loss, manifest.class_counts())
-    modalities = Modalities(audio=cfg.model.needs_audio, video=cfg.model.needs_video)
     stream = TrainStream(cfg, modalities, env, manifest)
     validation = None
     val_manifest = Manifest.load(cfg.data.shards, "val")
