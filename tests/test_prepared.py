@@ -233,3 +233,17 @@ def test_training_on_prepared_shards_of_another_size_stops_in_one_line_before_an
     line = proc.stderr.strip().splitlines()[-1]
     assert "8 JPEG frames of 16x16" in line and "4 frames of 32x32" in line
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "config.yaml").exists()
+
+
+def test_a_bad_mp4_is_skipped_with_its_reason_when_preparing(corpus64, tmp_path):
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(corpus64, corpus)
+    victim = sorted((corpus / VIDEO_DIR).glob("*.mp4"))[0]
+    victim.write_bytes(victim.read_bytes()[:2000])  # truncated
+    manifests = make_shards(corpus, tmp_path / "s", recipe=ALL_IN_TRAIN, shard_mb=100.0, workers=2, max_per_shard=2,
+                            video=PREPARED)
+    skipped = [s for s in manifests["train"].skipped if victim.name in s["id"]]
+    assert len(skipped) == 1 and "mp4" in skipped[0]["reason"]
+    assert manifests["train"].conversations == 8  # its conversation is kept, the clip recorded as missing
