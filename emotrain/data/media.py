@@ -375,28 +375,37 @@ def decode_video(data: bytes, cfg: VideoConfig, train: bool, rng: np.random.Gene
     (``TimesformerFrames``). The result is a channels-first view of decord's channels-last
     frames, not a copy: the collate's stack into shared memory makes the one copy.
     """
-    import decord
-
-    check_mp4(data)
-    pick = cfg.num_frames, train and cfg.jitter, rng
-    try:
-        try:
-            frames = _pick_frames(data, cfg.decode_threads, None, *pick)
-        except decord.DECORDError:
-            # decord cannot copy out frames of a few widths (48 px for one) at their own size,
-            # though it can scale them: such a clip comes at image_size.
-            frames = _pick_frames(data, cfg.decode_threads, cfg.image_size, *pick)
-    except (decord.DECORDError, RuntimeError, IndexError) as err:
-        raise MediaError(f"undecodable video: {_first_line(err)}") from None
+    frames, _, _ = read_frames(data, cfg.num_frames, train and cfg.jitter, rng, cfg.decode_threads, cfg.image_size)
     video = torch.from_numpy(frames).permute(0, 3, 1, 2)
     if max(video.shape[-2:]) > cfg.image_size:
         video = resize_frames(video, cfg.image_size)
     return video
 
 
+def read_frames(data: bytes, num_frames: int, jitter: bool, rng: np.random.Generator, threads: int = 1,
+                fallback_size: int = 224) -> tuple[np.ndarray, np.ndarray, int]:
+    """uint8 [num_frames, H, W, 3] frames of an mp4 at its own size, chosen by :func:`frame_indices`;
+    their indices and the clip's frame count. Any failure is a :class:`MediaError`.
+
+    decord cannot copy out frames of a few widths (48 px for one) at their own size, though it can
+    scale them: such a clip comes at ``fallback_size`` square.
+    """
+    import decord
+
+    check_mp4(data)
+    try:
+        try:
+            return _pick_frames(data, threads, None, num_frames, jitter, rng)
+        except decord.DECORDError:
+            return _pick_frames(data, threads, fallback_size, num_frames, jitter, rng)
+    except (decord.DECORDError, RuntimeError, IndexError) as err:
+        raise MediaError(f"undecodable video: {_first_line(err)}") from None
+
+
 def _pick_frames(data: bytes, threads: int, size: int | None, num_frames: int, jitter: bool,
-                 rng: np.random.Generator) -> np.ndarray:
-    """uint8 [num_frames, H, W, 3] frames chosen by :func:`frame_indices`, at the clip's size or ``size`` square."""
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+    """uint8 [num_frames, H, W, 3] frames chosen by :func:`frame_indices`, at the clip's size or
+    ``size`` square; the indices and the frame count."""
     import decord
 
     scale = {} if size is None else {"width": size, "height": size}
@@ -406,7 +415,8 @@ def _pick_frames(data: bytes, threads: int, size: int | None, num_frames: int, j
     wanted = frame_indices(len(reader), num_frames, jitter, rng)
     unique, order = np.unique(wanted, return_inverse=True)
     frames = reader.get_batch(unique.tolist()).asnumpy()
-    return frames if len(unique) == len(wanted) else frames[order]  # a short clip repeats frames
+    # a short clip repeats frames
+    return (frames if len(unique) == len(wanted) else frames[order]), wanted, len(reader)
 
 
 def resize_frames(video: torch.Tensor, size: int) -> torch.Tensor:

@@ -25,7 +25,6 @@ work (:func:`check_fits`).
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from emotrain.data.media import MediaError, frame_indices, resize_frames
+from emotrain.data.media import MediaError, frame_indices, read_frames, resize_frames
 
 FRAMES_SUFFIX = ".frames.mjpeg"
 INDEX_SUFFIX = ".frames.json"
@@ -88,22 +87,9 @@ def prepare_clip(data: bytes, spec: PreparedVideo) -> dict[str, bytes]:
     bilinear, antialiased when shrinking, to a square) so both give the model the same pixels
     but for JPEG's error.
     """
-    import decord
     import simplejpeg
 
-    from emotrain.data.media import _first_line, check_mp4
-
-    check_mp4(data)
-    try:
-        reader = decord.VideoReader(io.BytesIO(data), num_threads=1)
-        count = len(reader)
-        if count < 1:
-            raise MediaError("video has no frames")
-        wanted = frame_indices(count, spec.frames, False, np.random.default_rng(0))
-        unique, order = np.unique(wanted, return_inverse=True)
-        frames = reader.get_batch(unique.tolist()).asnumpy()[order]
-    except (decord.DECORDError, RuntimeError, IndexError) as err:
-        raise MediaError(f"undecodable video: {_first_line(err)}") from None
+    frames, wanted, count = read_frames(data, spec.frames, False, np.random.default_rng(0), fallback_size=spec.size)
     video = torch.from_numpy(frames).permute(0, 3, 1, 2)
     if tuple(video.shape[-2:]) != (spec.size, spec.size):
         video = resize_frames(video.float(), spec.size).round_().clamp_(0, 255).to(torch.uint8)
