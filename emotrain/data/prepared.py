@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from emotrain.data.media import MediaError, frame_indices, read_frames, resize_frames
+from emotrain.errors import UserError
 
 FRAMES_SUFFIX = ".frames.mjpeg"
 INDEX_SUFFIX = ".frames.json"
@@ -164,12 +165,16 @@ def decode_on_device(jpeg_bytes: torch.Tensor, sizes: torch.Tensor, size: int, d
     jpegs = [data[end - n : end] for end, n in zip(ends, counts)]  # one per frame slot; empty where missing
     present = [all(counts[i * frames : (i + 1) * frames]) for i in range(batch)]
     if device.type == "cuda":
-        from torchvision.io import decode_jpeg
-
+        try:
+            from torchvision.io import ImageReadMode, decode_jpeg
+        except ImportError:
+            raise UserError("data.video.jpeg_decode=device on a CUDA device needs torchvision (pip install "
+                            "'emotrain[gpu]', the torchvision build matching your torch), or set it to worker") from None
         wanted = [torch.frombuffer(j, dtype=torch.uint8) for j, n in zip(jpegs, counts) if n]
         out = torch.zeros(batch, frames, 3, size, size, dtype=torch.uint8, device=device)
         if wanted:
-            decoded = torch.stack(decode_jpeg(wanted, device=device)).view(-1, frames, 3, size, size)
+            decoded = torch.stack(decode_jpeg(wanted, mode=ImageReadMode.RGB, device=device))
+            decoded = decoded.view(-1, frames, 3, size, size)
             out[torch.tensor(present, device=device)] = decoded
         return out
     pixels = np.zeros((batch, frames, size, size, 3), dtype=np.uint8)
