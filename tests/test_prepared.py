@@ -247,3 +247,13 @@ def test_a_bad_mp4_is_skipped_with_its_reason_when_preparing(corpus64, tmp_path)
     skipped = [s for s in manifests["train"].skipped if victim.name in s["id"]]
     assert len(skipped) == 1 and "mp4" in skipped[0]["reason"]
     assert manifests["train"].conversations == 8  # its conversation is kept, the clip recorded as missing
+
+
+def test_device_decode_on_cuda_without_torchvision_is_one_line(both):
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed here: the line is for a machine without it")
+    batch = eval_batches(both[1], jpeg_decode="device")[0]
+    with pytest.raises(UserError, match="needs torchvision"):
+        decode_on_device(batch["video_jpeg"], batch["video_jpeg_sizes"], batch["video_jpeg_side"], torch.device("cuda"))
