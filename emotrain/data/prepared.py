@@ -6,10 +6,12 @@ the loader's workers, not the GPU, set the pace of the video model. Packed with
 ``emotrain pack --prepare-video``, a clip is decoded once and ``frames`` of its frames (the centres
 of ``frames`` equal segments, as :func:`~emotrain.data.media.frame_indices` picks them) are scaled to
 ``size`` x ``size`` and stored as baseline JPEG, 4:2:0. The loader then picks ``num_frames`` of those
-(uniform in evaluation, one at random per segment in training) and decodes only them: libjpeg-turbo
+(uniform in evaluation, one at random per segment in training; 8 of 16 stored frames picked
+uniformly sit a quarter of a segment later in the clip than the mp4 path's 8 segment centres)
+and decodes only them: libjpeg-turbo
 (``simplejpeg``) in the workers, or, with ``data.video.jpeg_decode: device``, on the model's device
 (nvJPEG through torchvision on CUDA), with only the compressed bytes through the worker queues.
-(``benchmarks/loader_throughput.py`` measures both against the mp4 path.)
+(``benchmarks/cores_per_gpu.py`` measures both against the mp4 path.)
 
 Shard members per utterance (the mp4 is not stored then):
 
