@@ -1,6 +1,7 @@
 """How many CPU cores does one GPU need to be fed: loader turns/s per core, raw mp4 against prepared video.
 
 For each clip size (``--video-size``, default 256 and 512 px) an AvaMERG-layout corpus is synthesised
+(or ``--corpus DIR`` is measured: your own clips)
 with clips of the real corpus's shape (``--seconds`` 5.7 s at ``--fps`` 25, x264's default keyframe
 interval of 250 unless ``--keyframe-interval`` says otherwise), packed twice (mp4 as given, and
 ``--prepare-video`` at the model's 224 px) and read by the loaders of the full-size models' data
@@ -146,14 +147,18 @@ def profile_worker(cfg: DataConfig, batch_size: int, top: int = 18) -> None:
     stats.sort_stats("tottime").print_stats(top)
 
 
-def build(tmp: Path, size: int, args: argparse.Namespace) -> tuple[Path, Path, float]:
-    """Raw and prepared shards of one synthesised corpus, and the prepare cost per clip (s)."""
+def synthesise(tmp: Path, size: int, args: argparse.Namespace) -> Path:
     corpus = tmp / f"corpus{size}"
     spec = SynthSpec(video_size=size, fps=args.fps, min_seconds=args.seconds, max_seconds=args.seconds,
                      keyframe_interval=args.keyframe_interval, video_noise=args.video_noise)
     generate_corpus(corpus, args.conversations, seed=0, spec=spec, workers=2, progress=False)
+    return corpus
+
+
+def build(tmp: Path, corpus: Path, size: int | str, args: argparse.Namespace) -> tuple[Path, Path, float]:
+    """Raw and prepared shards of one corpus (all in train), and the prepare cost per clip (s)."""
     common = dict(source=corpus, scheme=load_scheme("ekman7"), recipe=SplitRecipe(0.0, 0.0, 0), workers=1,
-                  max_per_shard=4, progress=False)
+                  max_per_shard=4, progress=False, json_name=args.json)
     raw = tmp / f"raw{size}"
     pack(PackOptions(out=raw, **common))
     prepared = tmp / f"prepared{size}"
@@ -177,7 +182,8 @@ def disk_per_clip(shards: Path, suffixes: tuple[str, ...]) -> float:
 
 
 def _mp4s(corpus: Path, count: int) -> list[bytes]:
-    return [p.read_bytes() for p in sorted((corpus / "video_v5_0").glob("*.mp4"))[:count]]
+    folder = corpus / "video_v5_0" if (corpus / "video_v5_0").is_dir() else corpus
+    return [p.read_bytes() for p in sorted(folder.glob("*.mp4"))[:count]]
 
 
 def format_comparison(mp4s: list[bytes], frames: int = 16, size: int = 224, picked: int = 8) -> None:
@@ -236,6 +242,9 @@ def format_comparison(mp4s: list[bytes], frames: int = 16, size: int = 224, pick
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path,
+                        help="an AvaMERG-layout folder to measure instead of synthesised clips (its --json is packed)")
+    parser.add_argument("--json", default="train.json", help="with --corpus: the labelled JSON in it")
     parser.add_argument("--video-size", type=int, nargs="+", default=[256, 512], help="synthesised clip sides (px)")
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--seconds", type=float, default=5.7, help="clip length (s)")
@@ -270,8 +279,10 @@ def main() -> None:
     print(f"clips {args.seconds:g} s at {args.fps} fps, keyint {args.keyframe_interval}; training stream, batch "
           f"{args.batch_size}, {args.workers} workers; model B reads 8 frames at 224 px; {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
-        for size in args.video_size:
-            raw, prepared, pack_cost = build(Path(tmp), size, args)
+        corpora = ({"given": args.corpus} if args.corpus else
+                   {size: synthesise(Path(tmp), size, args) for size in args.video_size})
+        for size, corpus in corpora.items():
+            raw, prepared, pack_cost = build(Path(tmp), corpus, size, args)
             timing = (args.batch_size, args.warmup, args.batches)
             base = DataConfig(shards=str(raw), text=text, video=video_cfg, audio=AudioConfig(max_seconds=6.0),
                               num_workers=args.workers)
@@ -283,7 +294,7 @@ def main() -> None:
                     *timing),
                 "A (audio + text)": measure(base, AUDIO, *timing),
             }
-            print(f"\n== {size} px clips: mp4 {disk_per_clip(raw, ('.mp4',)) / 1024:.0f} KiB per clip; prepared "
+            print(f"\n== {size if args.corpus else f'{size} px'} clips: mp4 {disk_per_clip(raw, ('.mp4',)) / 1024:.0f} KiB per clip; prepared "
                   f"{disk_per_clip(prepared, ('.frames.mjpeg', '.frames.json')) / 1024:.0f} KiB per clip "
                   f"({args.prepare_frames} frames), {pack_cost * 1e3:.0f} ms of CPU per clip to prepare ==")
             print(f"{'loader':<40} {'turns/s':>8} {'worker ms/turn':>15} {'turns/s/core':>13} {'KiB/turn':>9}"
@@ -306,7 +317,7 @@ def main() -> None:
                   f"turn, {b.bert_rows_per_turn:.2f} with each distinct text once per batch: "
                   f"{b.bert_copies_per_turn / b.bert_rows_per_turn:.2f}x fewer")
             if args.formats:
-                format_comparison(_mp4s(Path(tmp) / f"corpus{size}", args.formats), args.prepare_frames)
+                format_comparison(_mp4s(corpus, args.formats), args.prepare_frames)
             if args.profile:
                 profile_worker(replace(base, shards=str(prepared), num_workers=0), args.batch_size)
 
