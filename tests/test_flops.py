@@ -91,7 +91,8 @@ def test_forward_matches_flop_counter(kind, config, forward):
 @pytest.mark.parametrize("kind, spec", [
     ("bert", EncoderSpec(config=BERT)),  # embeddings train: backward through every layer, input grads too
     ("bert", EncoderSpec(config=BERT, freeze_layers=1)),  # lowest trainable layer: no input grad for its QKV
-    ("bert", EncoderSpec(config=BERT, freeze_layers=2, gradient_checkpointing=True)),  # HF then backprops frozen layers
+    # checkpointed: no backward through the frozen layers (load_encoder undoes HF's enable_input_require_grads)
+    ("bert", EncoderSpec(config=BERT, freeze_layers=2, gradient_checkpointing=True)),
     ("wav2vec2", EncoderSpec(config=WAV2VEC2, freeze_feature_encoder=True)),
     ("wav2vec2", EncoderSpec(config=WAV2VEC2, freeze_feature_encoder=False, gradient_checkpointing=True)),
     ("wav2vec2", EncoderSpec(config=WAV2VEC2, freeze_layers=1)),  # convs frozen, but HF still wants the waveform's grad

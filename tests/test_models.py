@@ -361,3 +361,26 @@ def test_spec_augment_on_very_short_clips():
     logits = model(batch)
     assert torch.isfinite(logits).all()
     logits.sum().backward()
+
+
+def test_checkpointed_bert_runs_no_backward_through_frozen_layers_and_keeps_the_gradients():
+    from emotrain.models.encoders import BertCLS
+
+    config = tiny_config("video_text").text.config
+    plain = BertCLS(EncoderSpec(config=config, freeze_layers=1))
+    checkpointed = BertCLS(EncoderSpec(config=config, freeze_layers=1, gradient_checkpointing=True))
+    checkpointed.load_state_dict(plain.state_dict())
+    seen = []
+    checkpointed.model.encoder.layer[0].register_forward_pre_hook(lambda mod, args, kw: seen.append(
+        (args[0] if args else kw["hidden_states"]).requires_grad), with_kwargs=True)
+    ids = torch.randint(5, VOCAB, (3, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    for model in (plain, checkpointed):
+        model.eval()  # no dropout: the two must agree exactly
+        model(ids, mask).square().sum().backward()
+    assert seen and not any(seen)  # the frozen layer's input needs no gradient: autograd stops above it
+    trained = [(n, p) for n, p in checkpointed.named_parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for _, p in trained)
+    reference = dict(plain.named_parameters())
+    for name, param in trained:
+        assert torch.allclose(param.grad, reference[name].grad, atol=1e-6), name

@@ -143,6 +143,12 @@ def load_encoder(kind: EncoderKind, spec: EncoderSpec, load_weights: bool = True
             enable(activation_checkpointing_kwargs=kwargs)
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        # transformers also makes a text model's embedding output require grad (what reentrant checkpoints
+        # and PEFT need). The non-reentrant checkpoints used here need no such input, and with it autograd
+        # runs backward through every frozen layer below the trainable ones: with BERT's 6 frozen layers,
+        # 1.8x the text encoder's training FLOPs (emotrain/models/flops.py).
+        if getattr(model, "_require_grads_hook", None) is not None:
+            model.disable_input_require_grads()
     return model
 
 

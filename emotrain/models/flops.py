@@ -26,11 +26,12 @@ gradient once more, so a layer that trains and whose input needs a gradient cost
 everything that trains cost no backward at all; the lowest trainable part skips the input
 gradient of the matmuls reading its (gradient-free) input. A fully frozen encoder (``freeze``)
 runs without autograd: forward only. Gradient checkpointing replays the forward of every
-checkpointed layer (transformer and conv layers) that takes part in backward. Three HF habits
-make frozen layers take part: with checkpointing a BERT's embedding output is made to need grad
-(``enable_input_require_grads``); a Wav2Vec2 feature encoder not frozen by
+checkpointed layer (transformer and conv layers) that takes part in backward. Two HF habits
+make frozen layers take part: a Wav2Vec2 feature encoder not frozen by
 ``freeze_feature_encoder`` marks the waveform as needing grad; Wav2Vec2's (post-LN) encoder
-LayerNorm before the layers is never frozen. Each was checked against FlopCounterMode.
+LayerNorm before the layers is never frozen. Each was checked against FlopCounterMode. (A third,
+a BERT's embedding output made to need grad under checkpointing, ``enable_input_require_grads``,
+is undone by :func:`~emotrain.models.encoders.load_encoder`.)
 """
 
 from __future__ import annotations
@@ -252,7 +253,7 @@ def training_flops_per_turn(model_cfg: ModelConfig, workload: TurnWorkload | Non
         groups.append((w.context_rows, w.context_tokens))
     bert = encoder_config("bert", text, builtin_fallback=True)
     stages = _bert_stages(bert, groups, _frozen_layers("bert", text))
-    encoders = [_encoder_flops("text", stages, text, input_grad=text.gradient_checkpointing)]  # HF habit 1
+    encoders = [_encoder_flops("text", stages, text, input_grad=False)]
     if (audio := model_cfg.audio) is not None:
         config = encoder_config("wav2vec2", audio, builtin_fallback=True)
         conv_frozen = audio.freeze_feature_encoder
