@@ -112,9 +112,11 @@ class PreparedClip:
 
     jpegs: tuple[memoryview, ...]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(len(j) for j in self.jpegs)
+
+def _cut(data: memoryview, sizes: list[int]) -> list[memoryview]:
+    """Consecutive pieces of ``data`` of the given byte sizes (JPEG files back to back), without copying."""
+    ends = np.cumsum(sizes).tolist()
+    return [data[end - size : end] for end, size in zip(ends, sizes)]
 
 
 def split_frames(data: bytes, index_json: bytes, spec: PreparedVideo) -> list[memoryview]:
@@ -127,9 +129,7 @@ def split_frames(data: bytes, index_json: bytes, spec: PreparedVideo) -> list[me
     if len(sizes) != spec.frames or min(sizes, default=0) < 4 or sum(sizes) != len(data):
         raise MediaError(f"prepared frames do not match their index ({len(sizes)} sizes, {sum(sizes)} of "
                          f"{len(data)} bytes; the manifest says {spec.frames} frames)")
-    view = memoryview(data)
-    ends = np.cumsum(sizes).tolist()
-    return [view[end - size : end] for end, size in zip(ends, sizes)]
+    return _cut(memoryview(data), sizes)
 
 
 def pick_frames(frames: list[memoryview], num_frames: int, jitter: bool, rng: np.random.Generator) -> PreparedClip:
@@ -157,14 +157,12 @@ def decode_on_device(jpeg_bytes: torch.Tensor, sizes: torch.Tensor, size: int, d
     ``video_jpeg_sizes``, see :mod:`emotrain.data.stream`); a clip whose sizes are 0 is all zeros.
 
     On CUDA the JPEGs are decoded there in one batched nvJPEG call (torchvision's ``decode_jpeg``):
-    the workers then only move compressed bytes, a tenth of the frames'. Elsewhere they are decoded
+    the workers then only move compressed bytes, a few percent of the frames'. Elsewhere they are decoded
     here with libjpeg-turbo, as the workers would have.
     """
     batch, frames = sizes.shape
     counts = sizes.flatten().tolist()
-    data = memoryview(jpeg_bytes.cpu().numpy())
-    ends = np.cumsum(counts).tolist()
-    jpegs = [data[end - n : end] for end, n in zip(ends, counts)]  # one per frame slot; empty where missing
+    jpegs = _cut(memoryview(jpeg_bytes.cpu().numpy()), counts)  # one per frame slot; empty where missing
     present = [all(counts[i * frames : (i + 1) * frames]) for i in range(batch)]
     if device.type == "cuda":
         try:
