@@ -293,7 +293,7 @@ def collate_prepared(clips: list[PreparedClip | None], keys: list[str], cfg: Vid
 
     Decoded straight into the shared-memory batch (channels last, as libjpeg-turbo writes them)
     and sent as a channels-first view of it: the frames are written once and never copied in
-    the worker. The JPEG bytes themselves are about a tenth of the decoded frames.
+    the worker. The JPEG bytes themselves are a few percent of the decoded frames.
     """
     frames, side = cfg.num_frames, cfg.image_size
     present = np.array([c is not None for c in clips])

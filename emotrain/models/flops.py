@@ -260,7 +260,7 @@ def training_flops_per_turn(model_cfg: ModelConfig, workload: TurnWorkload | Non
         conv_frozen = audio.pretrained is not None if conv_frozen is None else conv_frozen
         frozen = _frozen_layers("wav2vec2", audio)
         stages = _wav2vec2_stages(config, w.audio_clips, w.audio_seconds, frozen, conv_frozen)
-        encoders.append(_encoder_flops("audio", stages, audio, input_grad=not conv_frozen))  # HF habit 2
+        encoders.append(_encoder_flops("audio", stages, audio, input_grad=not conv_frozen))  # an HF habit (module doc)
     if (video := model_cfg.video) is not None:
         config = copy.deepcopy(encoder_config("timesformer", video, builtin_fallback=True))
         config.num_frames = w.video_frames or config.num_frames
