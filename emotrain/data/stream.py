@@ -76,7 +76,7 @@ from emotrain.data.text import (
 )
 from emotrain.config import path_field
 from emotrain.errors import UserError
-from emotrain.training.preemption import ignore_stop_notices, stop_signals_blocked
+from emotrain.signals import ignore_stop_notices, stop_signals_blocked
 
 log = logging.getLogger(__name__)
 

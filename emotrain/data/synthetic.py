@@ -48,6 +48,7 @@ import soundfile
 from tqdm import tqdm
 
 from emotrain.errors import UserError
+from emotrain.files import write_atomic
 from emotrain.labels import load_scheme
 
 TARGET_SCHEME = "ekman7"
@@ -565,9 +566,7 @@ def generate_corpus(
             clips += n_clips
             seconds += n_seconds
             bar.update()
-    tmp = out_dir / f".{JSON_NAME}.tmp"
-    tmp.write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / JSON_NAME)
+    write_atomic(out_dir / JSON_NAME, json.dumps(records, indent=2, ensure_ascii=False) + "\n")
 
     scheme = load_scheme(TARGET_SCHEME)
     words = [t["chain_of_empathy"]["speaker_emotion"] for r in records for t in r["turns"]]
@@ -610,4 +609,4 @@ def write_vocab(path: Path) -> None:
     """Write ``vocab.txt`` for ``BertTokenizerFast``: any synthetic text tokenises without [UNK]."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(vocab_tokens()) + "\n", encoding="utf-8")
+    write_atomic(path, "\n".join(vocab_tokens()) + "\n")

@@ -1,6 +1,6 @@
 """Running a sweep's points on this machine, one after another (CPU, or the GPUs of this machine).
 
-Each point is the workflow of :mod:`emotrain.workflow` (train each model, evaluate val and test, fuse a
+Each point is the workflow of :mod:`emotrain.recipes.workflow` (train each model, evaluate val and test, fuse a
 pair) into its own folder. A completed point (``point.json`` says so) is skipped; a point that fails
 is marked ``failed`` with its one-line reason and the next one starts; a point killed mid-way has no
 ``completed`` marker, so the next run does it again and its training resumes from its checkpoints.
@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from emotrain import workflow
+from emotrain.names import AUDIO_TEXT, VIDEO_TEXT
+from emotrain.recipes import workflow
 from emotrain.config import ConfigError
 from emotrain.sweep.layout import COMPLETED, FAILED, PointDir, PointStatus, SweepDir
 from emotrain.sweep.spec import Point, SweepConfig, expand_points, fusion_overrides, model_overrides
@@ -34,7 +35,7 @@ def fuse_point(cfg: SweepConfig, point: Point, pdir: PointDir) -> None:
     """The fusion of a pair point (in this process; nothing to do for a one-model sweep)."""
     if cfg.pair is None:
         return
-    workflow.fuse(cfg.pair.fusion, pdir.run("audio_text").root, pdir.run("video_text").root, pdir.fusion,
+    workflow.fuse(cfg.pair.fusion, pdir.run(AUDIO_TEXT).root, pdir.run(VIDEO_TEXT).root, pdir.fusion,
                   fusion_overrides(cfg, point))
 
 

@@ -11,7 +11,7 @@ SIGTERM or SIGUSR1 reached any rank (``preempted``: all ranks agree at the next 
 return), or after ``cfg.max_consecutive_nonfinite`` non-finite losses in a row (``nonfinite``).
 A checkpoint is written in every case. :data:`EXIT_CODES` is what ``launch/train.py`` should exit
 with: 0 for completed and preempted (a requeued job resumes from the checkpoint), 3 for nonfinite.
-The stop reasons are the words of the run's ``status.json`` (:mod:`emotrain.rundir`).
+The stop reasons are the words of the run's ``status.json`` (:mod:`emotrain.training.rundir`).
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from emotrain.training.distributed import (
 )
 from emotrain.training.deepspeed_config import TrainConfig, deepspeed_config
 from emotrain.models.inputs import model_inputs
-from emotrain.rundir import COMPLETED, NONFINITE, PREEMPTED
+from emotrain.training.rundir import COMPLETED, NONFINITE, PREEMPTED
 from emotrain.training.best import BestState, observe
 from emotrain.training.optim import build_optimizer
-from emotrain.training.preemption import StopRequest
+from emotrain.signals import StopRequest
 from emotrain.training.rng import seed_all
 from emotrain.training.runlog import RunLog, write_run_metadata
 

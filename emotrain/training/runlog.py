@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from emotrain.rundir import RunDir
+from emotrain.training.rundir import RunDir
 
 PACKAGES = ("emotrain", "torch", "deepspeed", "transformers", "accelerate", "webdataset", "numpy")
 

@@ -3,11 +3,11 @@
 Every launcher ends up here on every rank (``emotrain train`` in one process, ``launch/train.py``
 under torchrun, accelerate, deepspeed, srun or submitit): the distributed environment is read in
 :mod:`emotrain.training.distributed`, the loop is :func:`emotrain.training.engine.fit`. What the run
-directory holds besides checkpoints (:class:`emotrain.rundir.RunDir`):
+directory holds besides checkpoints (:class:`emotrain.training.rundir.RunDir`):
 
 - ``config.yaml``: the resolved config, every path absolute and the precision actually used
   recorded, so evaluate and export read it from any directory;
-- ``status.json``: :class:`emotrain.rundir.RunStatus`, written at the end of every launch; a SLURM
+- ``status.json``: :class:`emotrain.training.rundir.RunStatus`, written at the end of every launch; a SLURM
   batch script requeues when it says ``preempted``;
 - ``versions.json``, ``deepspeed.json`` and TensorBoard events under ``tb/`` (from the engine).
 
@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from emotrain.names import TRAIN, VAL
 from emotrain.data.manifest import Manifest
 from emotrain.data.schema import meta_vocab_sizes
 from emotrain.data.stream import SKIP_KINDS, Modalities, build_loader, prepared_video
@@ -38,7 +39,7 @@ from emotrain.data.text import load_tokenizer
 from emotrain.errors import UserError
 from emotrain.evaluation.scoring import PeriodicValidation
 from emotrain.models import build_model
-from emotrain.rundir import LAUNCH_ENV, RunDir, RunStatus
+from emotrain.training.rundir import LAUNCH_ENV, RunDir, RunStatus
 from emotrain.training import distributed as dist
 from emotrain.config import to_dict
 from emotrain.training.checkpoint import ResumeState, latest_complete_tag
@@ -130,7 +131,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
 
 
 def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
-    manifest = Manifest.load(cfg.data.shards, "train")
+    manifest = Manifest.load(cfg.data.shards, TRAIN)
     if manifest.turns_for(cfg.data.turns) == 0:
         raise UserError(f"{cfg.data.shards}/train holds no labelled turns (data.turns={cfg.data.turns})")
     check_tokenizer(cfg)
@@ -148,7 +149,7 @@ def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
     loss_fn = build_loss(cfg.loss, manifest.class_counts())
     stream = TrainStream(cfg, modalities, env, manifest)
     validation = None
-    val_manifest = Manifest.load(cfg.data.shards, "val")
+    val_manifest = Manifest.load(cfg.data.shards, VAL)
     if val_manifest.turns_for(cfg.data.turns) > 0:
         validation = PeriodicValidation(cfg.data, modalities, cfg.eval_batch_size, env.rank, env.world_size,
                                         dist.device_for(env), len(manifest.classes), val_manifest)
