@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from emotrain.log import get_logger
 from emotrain.recipes import workflow
 from emotrain.config import load_config
 from emotrain.data.pack import PackOptions, pack
@@ -33,10 +34,12 @@ from emotrain.names import AUDIO_TEXT, METRIC_LABELS, TEST, VIDEO_TEXT
 from emotrain.recipes.demo import DEFAULT_CONFIG, MODELS, DemoConfig
 from emotrain.training.rundir import RunDir
 
+log = get_logger(__name__)
+
 
 
 def _say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
+    log.info(f"[demo] {message}")
 
 
 def ranks_for(cfg: DemoConfig) -> int:

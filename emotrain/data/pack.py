@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 
+from emotrain.log import progress as progress_of
 from emotrain.data.avamerg import Conversation, MediaDirs, Skipped, read_conversations
 from emotrain.data.clips import EXTENSIONS, ClipSource, FolderClips
 from emotrain.config import to_dict
@@ -265,7 +265,7 @@ def _init_worker() -> None:
 def _run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[dict[str, Any]]:
     total = sum(len(t.conversations) for t in tasks)
     results: dict[Path, dict[str, Any]] = {}
-    bar = tqdm(total=total, unit="conv", desc="pack", disable=not progress, file=sys.stderr)
+    bar = progress_of(total=total, unit="conv", desc="pack", disable=not progress)
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             results[task.path] = write_shard(task)

@@ -45,8 +45,8 @@ from typing import Any
 import av
 import numpy as np
 import soundfile
-from tqdm import tqdm
 
+from emotrain.log import progress as progress_of
 from emotrain.errors import UserError
 from emotrain.files import write_atomic
 from emotrain.labels import load_scheme
@@ -560,7 +560,7 @@ def generate_corpus(
     jobs = [(i, seed, spec, out_dir if media else None) for i in range(conversations)]
     records: list[dict[str, Any]] = []
     clips, seconds = 0, 0.0
-    with tqdm(total=conversations, desc="synth", unit="conv", disable=not progress) as bar:
+    with progress_of(total=conversations, desc="synth", unit="conv", disable=not progress) as bar:
         for record, n_clips, n_seconds in _built(jobs, workers):
             records.append(record)
             clips += n_clips

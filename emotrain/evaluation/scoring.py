@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from emotrain.log import progress as progress_of
 from emotrain.names import VAL
 from emotrain.data.manifest import Manifest
 from emotrain.data.stream import DataConfig, Modalities, build_loader
@@ -53,7 +53,7 @@ def score_batches(predict: Predict, batches: Iterable[Mapping[str, Any]], num_cl
                   progress: bool = False) -> Scored:
     """Logits for every turn this rank reads, in fp32 whatever the compute dtype."""
     scored = Scored.empty(num_classes)
-    for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for batch in progress_of(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
         score_batch(predict, batch, scored)
     return scored
 

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emotrain.errors import UserError
+from emotrain.log import get_logger
 from emotrain.names import EVAL_SPLITS, VAL
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -77,5 +80,5 @@ def evaluate_run(run_dir: Path, request: EvalRequest, env: DistEnv, device: torc
         )
         if scored is not None:
             metrics = write_evaluation(run, split, scored, loaded.classes, extra, loaded.step)
-            print(f"{loaded.config.model.kind} {summary_line(split, metrics)}  [{loaded.kind} checkpoint {loaded.tag}]")
-            print(f"predictions: {run.predictions(split)}  report: {run.eval_dir(split)}")
+            log.info(f"{loaded.config.model.kind} {summary_line(split, metrics)}  [{loaded.kind} checkpoint {loaded.tag}]")
+            log.info(f"predictions: {run.predictions(split)}  report: {run.eval_dir(split)}")

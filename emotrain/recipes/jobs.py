@@ -28,11 +28,13 @@ class TrainRequest:
 def train_in_process(request: TrainRequest) -> int:
     """Train (or resume) on this process's rank, as ``emotrain train`` does; returns the exit code."""
     from emotrain.console import quiet_libraries
+    from emotrain.log import setup_logging
     from emotrain.recipes.train import run_training
     from emotrain.training import distributed as dist
     from emotrain.training.run_config import load_run_config
 
     quiet_libraries()
+    setup_logging()
     cfg = load_run_config(request.config, request.overrides)
     return run_training(cfg, request.run_dir, dist.read_env())
 

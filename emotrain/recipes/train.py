@@ -37,6 +37,7 @@ from emotrain.data.schema import meta_vocab_sizes
 from emotrain.data.stream import SKIP_KINDS, Modalities, build_loader, prepared_video
 from emotrain.data.text import load_tokenizer
 from emotrain.errors import UserError
+from emotrain.log import get_logger, log_to_folder
 from emotrain.evaluation.scoring import PeriodicValidation
 from emotrain.models import build_model
 from emotrain.training.rundir import LAUNCH_ENV, RunDir, RunStatus
@@ -48,6 +49,8 @@ from emotrain.training.deepspeed_config import use_bf16
 from emotrain.training.engine import fit
 from emotrain.training.losses import build_loss
 from emotrain.training.run_config import RunConfig
+
+log = get_logger(__name__)
 
 
 def check_tokenizer(cfg: RunConfig) -> None:
@@ -98,8 +101,7 @@ def load_initial_weights(model: torch.nn.Module, source: str, env: dist.DistEnv)
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:  # a shape differs
         raise UserError(f"train.init_from {source} does not fit this model: {str(err).splitlines()[-1].strip()}") from None
-    if env.is_main:
-        print(f"train: initialised from {source} (weights only; the optimizer starts afresh)")
+    log.info("train: initialised from %s (weights only; the optimizer starts afresh)", source)
 
 
 class TrainStream:
@@ -124,6 +126,7 @@ class TrainStream:
 def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
     """Train on this rank; every rank calls it. Returns the process exit code."""
     run = RunDir(run_dir)
+    log_to_folder(run.root)  # RUN/logs/emotrain.log: rank 0's messages, every rank's warnings and errors
     # Rank 0 holds the run's lock for the whole launch; a second launch fails on its rank 0, and the
     # launcher (torchrun, srun --kill-on-bad-exit) ends its other ranks.
     with run.lock() if env.is_main else contextlib.nullcontext():
@@ -162,7 +165,7 @@ def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
                                    best_value=result.best_value,
                                    detail="early stopping" if result.early_stopped else None,
                                    launch_id=os.environ.get(LAUNCH_ENV)))
-        print(f"train: {result.stop_reason} at step {result.step}/{cfg.train.total_steps}"
+        log.info(f"train: {result.stop_reason} at step {result.step}/{cfg.train.total_steps}"
               + (" (early stopping)" if result.early_stopped else "")
               + (f" (resumed from step {result.resumed_from})" if result.resumed_from else "")
               + (f"; best {cfg.train.best_metric} at step {result.best_step}" if result.best_step is not None else "")

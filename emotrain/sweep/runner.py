@@ -11,15 +11,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from emotrain.log import get_logger, log_to_folder
 from emotrain.names import AUDIO_TEXT, VIDEO_TEXT
 from emotrain.recipes import workflow
 from emotrain.config import ConfigError
 from emotrain.sweep.layout import COMPLETED, FAILED, PointDir, PointStatus, SweepDir
 from emotrain.sweep.spec import Point, SweepConfig, expand_points, fusion_overrides, model_overrides
 
+log = get_logger(__name__)
+
 
 def say(message: str) -> None:
-    print(f"[sweep] {message}", flush=True)
+    log.info(f"[sweep] {message}")
 
 
 @dataclass
@@ -55,6 +58,7 @@ def run_point(cfg: SweepConfig, point: Point, pdir: PointDir, nproc: int) -> Non
 def run_local(cfg: SweepConfig, sweep: SweepDir) -> SweepOutcome:
     """Every point not yet completed, in order; returns what happened to each."""
     sweep.write_config(cfg)
+    log_to_folder(sweep.root)
     points = expand_points(cfg)
     nproc = workflow.local_ranks(cfg.processes)
     outcome = SweepOutcome([], [], [])
