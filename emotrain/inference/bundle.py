@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from emotrain.log import get_logger
 from emotrain.config import ConfigError, from_dict, load_config, to_dict
 from emotrain.data.manifest import Manifest
 from emotrain.data.stream import DataConfig, Modalities
@@ -269,7 +269,7 @@ def _warn_versions(info: BundleInfo) -> None:
             continue
         want = made.get(name)
         if want and want.split(".")[0] != have.split(".")[0]:
-            print(f"emotrain: warning: the bundle was made with {name} {want}, this is {have}", file=sys.stderr)
+            get_logger(__name__).warning(f"emotrain: warning: the bundle was made with {name} {want}, this is {have}")
 
 
 def _load_model(root: Path, name: str, entry: BundledModel, num_classes: int, device: Any) -> LoadedModel:
