@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_engine_runs import result_of, run, scalars, torchrun
+from helpers import result_of, run, scalars, torchrun
 
 from emotrain.errors import UserError
 from emotrain.training import checkpoint

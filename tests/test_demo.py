@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_engine_runs import BIN, REPO, child_env, scalars
+from helpers import BIN, NOISE, REPO, child_env, scalars
 
 from emotrain.evaluation.predictions import load_predictions
 
@@ -134,11 +134,6 @@ def test_the_results_table_and_where_things_are_are_printed(demo):
     assert f"tensorboard --logdir {work}" in stdout
     for model in MODELS:
         assert str(work / "runs" / model / "checkpoints") in stdout
-
-
-# Library noise a user cannot act on; the warnings filters and quiet loggers live in emotrain.cli.
-NOISE = ("No CUDA runtime", "FutureWarning", "Processing zero checkpoint", "Reconstructed fp32 state dict",
-         "return func(*args, **kwargs)")
 
 
 def test_the_console_holds_no_library_noise(demo):

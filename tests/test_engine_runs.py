@@ -11,86 +11,33 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    BIN,
+    REFERENCE,
+    REPO,
+    TIMEOUT,
+    TOY,
+    child_env,
+    children,
+    kill9_tree,
+    losses,
+    result_of,
+    run,
+    scalars,
+    toy_args,
+    torchrun,
+    wait_for,
+)
 from toy_train import ToyModel
 
 from emotrain.training import checkpoint
 from emotrain.training.distributed import free_port
 
-TOY = Path(__file__).with_name("toy_train.py")
-REPO = TOY.parents[1]
-BIN = Path(sys.executable).parent
-# Two micro-batches of 8 per rank per step at 2 ranks (accumulation 2), 16 steps, checkpoints every 4.
-REFERENCE = ["total_samples=512", "global_batch_size=32", "micro_batch_size=8", "checkpoint_every_steps=4",
-             "keep_checkpoints=2", "eval_every_steps=8", "log_every_steps=2"]
-TIMEOUT = 240
-
 pytestmark = pytest.mark.slow
-
-
-def child_env() -> dict[str, str]:
-    """This environment minus anything a launcher or a cluster would have set."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "ACCELERATE_", "TORCHELASTIC_", "SUBMITIT_"))
-           and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    return {**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-
-
-def toy_args(run_dir: Path, *extra: str, train: list[str] = REFERENCE) -> list[str]:
-    args = [str(TOY), "--run-dir", str(run_dir), "--result-json", str(run_dir / "result.json"), *extra]
-    for item in train:
-        args += ["--train", item]
-    return args
-
-
-def torchrun(run_dir: Path, *extra: str, train: list[str] = REFERENCE) -> list[str]:
-    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), *toy_args(run_dir, *extra, train=train)]
-
-
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def result_of(run_dir: Path, proc: subprocess.CompletedProcess | None = None) -> dict:
-    path = run_dir / "result.json"
-    assert path.is_file(), f"no result; stderr tail:\n{proc.stderr[-3000:] if proc else ''}"
-    return json.loads(path.read_text())
-
-
-def losses(result: dict) -> dict[int, float]:
-    return {step: loss for step, loss in result["losses"]}
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"run ended before {path} appeared:\n{proc.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
-        time.sleep(0.05)
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
-def kill9_tree(pid: int) -> None:
-    """SIGKILL a launcher and every process under it (torchrun puts workers in sessions of their own)."""
-    pending, found = [pid], []
-    while pending:
-        found.append(pending.pop())
-        pending += children(found[-1])
-    for victim in reversed(found):
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def rank_pid(launcher_pid: int, rank: int) -> int:
@@ -100,14 +47,6 @@ def rank_pid(launcher_pid: int, rank: int) -> int:
         if f"RANK={rank}".encode() in environ:
             return int(pid)
     raise AssertionError(f"no rank {rank} among the children of {launcher_pid}")
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tb"))
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 @pytest.fixture(scope="module")

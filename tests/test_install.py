@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_demo import NOISE
+from helpers import NOISE
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("audio_text", "video_text")

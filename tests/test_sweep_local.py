@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_engine_runs import BIN, REPO, child_env
+from helpers import BIN, REPO, child_env
 
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import subprocess
 import torch
 
 import pytest
-from test_engine_runs import BIN, REPO, TIMEOUT, child_env, scalars
+from helpers import BIN, REPO, TIMEOUT, child_env, descendants, kill9_tree, scalars, wait_for
 
 from corpus import make_shards
 from emotrain.data.splits import SplitRecipe
@@ -117,8 +117,6 @@ def test_same_config_and_seed_give_the_same_loss_curve(nproc, shards, tmp_path):
 def test_kill9_and_resume_continue_the_real_stream_exactly(shards, tmp_path):
     """2 ranks x 2 loader workers, model B: killed with -9 after the step-8 checkpoint, resumed; the
     per-step losses equal an uninterrupted run's (bitwise: same batches, same crops, same RNG)."""
-    from test_engine_runs import kill9_tree, wait_for
-
     exact = ["--set", "train.log_every_steps=1", "--set", "train.total_samples=192", "--set", "data.num_workers=2",
              "--set", "train.checkpoint_every_steps=4", "--set", "train.eval_every_steps=0", "--set", "data.shuffle_buffer=8"]
 
@@ -143,24 +141,12 @@ def test_kill9_and_resume_continue_the_real_stream_exactly(shards, tmp_path):
     assert max(abs(a - b) for (_, a), (_, b) in zip(whole, again)) == 0.0, str([(s, round(a - b, 6)) for (s, a), (_, b) in zip(whole, again)])
 
 
-def descendants(pid: int) -> list[int]:
-    from test_engine_runs import children
-
-    found, pending = [], children(pid)
-    while pending:
-        found.append(pending.pop())
-        pending += children(found[-1])
-    return found
-
-
 @pytest.mark.parametrize("who", ["ranks_and_their_helpers", "torchrun_too"])
 def test_sigterm_to_every_process_of_the_step_still_checkpoints(who, shards, tmp_path):
     """What slurmstepd does at preemption, scancel or a time limit: SIGTERM to every process, loader
     workers and the fork server included (2 ranks x 2 workers, model B)."""
     import os
     import signal
-
-    from test_engine_runs import wait_for
 
     # 16 micro-batches per step and rank: more than the workers hold prefetched (2 x 4), so the step
     # after the signal needs live workers.
