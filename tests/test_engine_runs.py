@@ -207,8 +207,27 @@ print("ok", len(ex))
     assert loaded.returncode == 0 and loaded.stdout.startswith("ok"), loaded.stderr[-2000:]
 
 
+@pytest.fixture(scope="module")
+def zero_run(tmp_path_factory: pytest.TempPathFactory):
+    """``zero_run(stage)``: a 2-rank bf16 toy engine at that ZeRO stage after three steps and a checkpoint, run
+    once per stage: (run folder, the optimizer's fp32 master weights, the optimizer's bytes on each rank)."""
+    runs: dict[int, tuple[Path, Path, list[int]]] = {}
+
+    def get(stage: int) -> tuple[Path, Path, list[int]]:
+        if stage not in runs:
+            root = tmp_path_factory.mktemp(f"zero{stage}")
+            run_dir, masters_file = root / "run", root / "masters.safetensors"
+            train = ["global_batch_size=32", "micro_batch_size=8", f"zero_stage={stage}"]
+            proc = run(torchrun(run_dir, "--dump-fp32", str(masters_file), train=train))
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs[stage] = run_dir, masters_file, result_of(run_dir, proc)["optimizer_bytes"]
+        return runs[stage]
+
+    return get
+
+
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_export_holds_the_fp32_master_weights_at_every_zero_stage(stage: int, tmp_path: Path) -> None:
+def test_export_holds_the_fp32_master_weights_at_every_zero_stage(stage: int, zero_run, tmp_path: Path) -> None:
     """bf16 training on 2 ranks: the export equals the optimizer's fp32 masters bit for bit, not the bf16 module.
 
     ZeRO-0 and ZeRO-1 in bf16 keep their masters where DeepSpeed's ``zero_to_fp32`` does not look;
@@ -217,10 +236,7 @@ def test_export_holds_the_fp32_master_weights_at_every_zero_stage(stage: int, tm
 
     from emotrain.evaluation.export import export_weights
 
-    run_dir, masters_file = tmp_path / "run", tmp_path / "masters.safetensors"
-    train = ["global_batch_size=32", "micro_batch_size=8", f"zero_stage={stage}"]
-    proc = run(torchrun(run_dir, "--dump-fp32", str(masters_file), train=train))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir, masters_file, _ = zero_run(stage)
     masters = load_file(str(masters_file))
     exported = load_file(str(export_weights(run_dir, tmp_path / "export")))
     assert exported.keys() == masters.keys()
@@ -233,16 +249,11 @@ def test_export_holds_the_fp32_master_weights_at_every_zero_stage(stage: int, tm
         assert any(not torch.equal(module[name].float(), masters[name]) for name in masters)
 
 
-def test_zero2_optimizer_state_per_rank_is_at_most_0_6_of_stage_0(tmp_path: Path) -> None:
-    measured = {}
-    for stage in (0, 2):
-        run_dir = tmp_path / f"zero{stage}"
-        proc = run(torchrun(run_dir, "--measure-optimizer-bytes", train=REFERENCE + [f"zero_stage={stage}"]))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        measured[stage] = result_of(run_dir, proc)["optimizer_bytes"]
+def test_zero2_optimizer_state_per_rank_is_at_most_0_6_of_stage_0(zero_run) -> None:
+    """Measured on the export test's runs (the same engine after three steps: Adam's moments exist)."""
+    measured = {stage: zero_run(stage)[2] for stage in (0, 2)}
     print(f"optimizer bytes per rank: ZeRO-0 {measured[0]}, ZeRO-2 {measured[2]}")
     n_params = sum(p.numel() for p in ToyModel().parameters())
     assert all(b >= 12 * n_params for b in measured[0])  # fp32 master + two Adam moments, unsharded
     for zero0, zero2 in zip(measured[0], measured[2]):
         assert zero2 <= 0.6 * zero0, measured
-
