@@ -45,7 +45,9 @@ def shards(corpus13, tmp_path_factory):
 
 
 CONFIG = "configs/demo/video_text.yaml"
-CPU_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+# A progress line every second in the job's .out (its output is a file, not a terminal): the scancel test
+# reads from it how far the run got.
+CPU_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "EMOTRAIN_PROGRESS_EVERY": "1"}
 # What a shell that ran torchrun (or a test that initialised in-process) leaves behind; a job
 # submitted with it must still be numbered by SLURM.
 STRAY_TORCH_ENV = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
@@ -98,10 +100,10 @@ def test_sbatch_two_tasks_train_and_a_requeue_mid_training_resumes_from_the_chec
     print(f"requeued job resumed from step {got['resumed_from']} of {steps}")
 
 
-def progress(stderr: Path, total: int) -> int:
-    """The last step the rank-0 progress bar showed in the job's stderr (0 before the first)."""
-    text = stderr.read_text(errors="replace") if stderr.is_file() else ""
-    counts = re.findall(rf"\b(\d+)/{total}\b", text)
+def progress(job, total: int) -> int:
+    """The last step rank 0's progress line showed in the job's output (0 before the first)."""
+    text = "".join(path.read_text(errors="replace") for path in (job.stdout_path, job.stderr_path) if path.is_file())
+    counts = re.findall(rf"\btrain: (\d+)/{total}\b", text)
     return int(counts[-1]) if counts else 0
 
 
@@ -115,8 +117,8 @@ def test_scancel_of_the_step_checkpoints_at_that_step_and_the_requeue_resumes_th
     job = sbatch(REPO / "slurm" / "train.sbatch", options=[*CPU_ONLY, "--nodes=1", "--ntasks-per-node=2"],
                  env=job_env(shards, run_dir, steps=steps, every=every), cwd=tmp_path)
     poll_until(lambda: (run_dir / "checkpoints" / f"step{every:08d}" / "complete").is_file(), 240, "the first checkpoint")
-    poll_until(lambda: progress(job.stderr_path, steps) >= every + 7, 120, "steps past the periodic checkpoint")
-    shown = progress(job.stderr_path, steps)
+    poll_until(lambda: progress(job, steps) >= every + 7, 120, "steps past the periodic checkpoint")
+    shown = progress(job, steps)
     slurm("scancel", "--signal=TERM", f"{job.job_id}.0")
     release_requeued(job.job_id, timeout=120)
     result = wait_job(job, timeout=600)
