@@ -1,4 +1,4 @@
-"""`emotrain demo`, reduced, end to end on two seeds: both models learn, the chosen fusion beats both.
+"""`emotrain demo`, reduced, end to end: both models learn, the chosen fusion beats both.
 
 The reduced demo is the real one (`configs/demo/`) with a smaller corpus and fewer steps
 (``REDUCED``), run the way a user runs it: the CLI, 2 CPU ranks, ZeRO-2, bf16. Each seed
@@ -6,7 +6,7 @@ changes the synthetic corpus, its split and the training seed. Its runs also car
 acceptance checks of a real 2-rank torchrun training run of each model (completed, ZeRO-2 in
 bf16, loss down, checkpoint kept), of 2-rank evaluation (every turn once) and of the export.
 
-Seed 1 runs as a new user gets the project: ``pip install .`` (no extras) into a fresh venv, then
+One seed runs, as a new user gets the project: ``pip install .`` (no extras) into a fresh venv, then
 that venv's ``emotrain demo`` in an empty folder, which must hold nothing but the demo's outputs
 afterwards; ``evaluate`` of one of its runs then runs from a third folder, reading the run's saved
 config only. The install takes about 1.5 min here (the wheels come from the local package cache).
@@ -24,6 +24,8 @@ import pytest
 from helpers import BIN, NOISE, REPO, child_env, scalars
 
 from emotrain.evaluation.predictions import load_predictions
+from emotrain.fusion.fusion_file import FusionSummary
+from emotrain.names import raw_row
 
 pytestmark = pytest.mark.slow
 NUM_CLASSES = 7
@@ -49,11 +51,8 @@ def model_overrides(seed: int) -> str:
 
 
 # The demo packs prepared video (pack --prepare-video: 8 JPEG frames of the tiny TimeSformer's 32 px
-# per clip, 4 of them read per turn); seed 0 keeps the mp4s instead, so both paths run end to end.
-PREPARED = {0: ["pack.video=null"], 1: []}
-
-
-INSTALLED = 1  # the seed whose demo runs from the pip-installed venv in an empty folder
+# per clip, 4 of them read per turn). Training on mp4 shards runs end to end in tests/test_train_runs.py.
+INSTALLED = 1  # the seed of the demo, run from the pip-installed venv in an empty folder
 
 
 def clean_env(venv: Path) -> dict[str, str]:
@@ -78,23 +77,17 @@ def venv(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=[0, 1], ids=lambda seed: f"seed{seed}")
-def demo(request, tmp_path_factory) -> tuple[Path, str, str]:
-    """The demo's work folder, stdout and stderr; seed INSTALLED's work folder is EMPTY/runs/demo (the default)."""
-    seed = request.param
-    sets = [f"corpus.seed={seed}", *REDUCED, *PREPARED[seed], model_overrides(seed)]
+@pytest.fixture(scope="module")
+def demo(venv, tmp_path_factory) -> tuple[Path, str, str]:
+    """The demo's work folder (EMPTY/runs/demo, the default), stdout and stderr."""
+    seed = INSTALLED
+    sets = [f"corpus.seed={seed}", *REDUCED, model_overrides(seed)]
     sets = [arg for item in sets for arg in ("--set", item)]
-    if seed == INSTALLED:
-        empty = tmp_path_factory.mktemp(f"demo_seed{seed}") / "empty"
-        empty.mkdir()
-        work = empty / "runs" / "demo"
-        venv = request.getfixturevalue("venv")
-        cmd = [str(venv / "bin" / "emotrain"), "demo", *sets]
-        proc = subprocess.run(cmd, env=clean_env(venv), cwd=empty, capture_output=True, text=True, timeout=1200)
-    else:
-        work = tmp_path_factory.mktemp(f"demo_seed{seed}")
-        cmd = [str(BIN / "emotrain"), "demo", "--workdir", str(work), *sets]
-        proc = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    empty = tmp_path_factory.mktemp(f"demo_seed{seed}") / "empty"
+    empty.mkdir()
+    work = empty / "runs" / "demo"
+    cmd = [str(venv / "bin" / "emotrain"), "demo", *sets]
+    proc = subprocess.run(cmd, env=clean_env(venv), cwd=empty, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc.stdout, proc.stderr
 
@@ -113,12 +106,10 @@ def test_both_models_trained_to_the_end_on_two_ranks_with_zero2_in_bf16(demo):
         assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, (model, losses)
 
 
-def test_the_shards_hold_prepared_video_where_asked(demo, request):
+def test_the_shards_hold_prepared_video(demo):
     work, *_ = demo
     manifest = json.loads((work / "shards" / "demo" / "train" / "manifest.json").read_text())
-    prepared = not PREPARED[request.node.callspec.params["demo"]]
-    assert (manifest["video"] == {"frames": 8, "size": 32, "quality": 90, "format": "jpeg"}) if prepared \
-        else manifest["video"] is None
+    assert manifest["video"] == {"frames": 8, "size": 32, "quality": 90, "format": "jpeg"}
 
 
 def test_both_models_scored_every_val_and_test_turn_once(demo):
@@ -130,7 +121,6 @@ def test_both_models_scored_every_val_and_test_turn_once(demo):
         assert sorted(keys[0]) == sorted(keys[1])
 
 
-@pytest.mark.parametrize("demo", [0], indirect=True, ids=["seed0"])  # one seed is enough for the export
 def test_export_of_model_a_loads_without_deepspeed(demo, tmp_path):
     work, *_ = demo
     out = tmp_path / "export"
@@ -157,21 +147,21 @@ print("ok", len(model.state_dict()))
 
 def test_each_model_learns_and_the_chosen_fusion_beats_both(demo):
     work, *_ = demo
-    summary = json.loads((work / "fusion" / "fusion.json").read_text())
-    rows = summary["test"]
-    audio, video = rows["audio (raw)"]["macro_f1"], rows["video (raw)"]["macro_f1"]
-    chosen = rows[f"fusion: {summary['chosen']}"]["macro_f1"]
+    summary = FusionSummary.load(work / "fusion")
+    rows = summary.test
+    audio, video = rows[raw_row("audio")]["macro_f1"], rows[raw_row("video")]["macro_f1"]
+    chosen = summary.chosen_metrics("test")["macro_f1"]
     assert audio >= 2 / NUM_CLASSES and video >= 2 / NUM_CLASSES, (audio, video)
-    assert chosen > max(audio, video), (summary["chosen"], chosen, audio, video)
+    assert chosen > max(audio, video), (summary.chosen, chosen, audio, video)
 
 
 def test_the_results_table_and_where_things_are_are_printed(demo):
     work, stdout, _ = demo
-    summary = json.loads((work / "fusion" / "fusion.json").read_text())
+    summary = FusionSummary.load(work / "fusion")
     table = stdout[stdout.index("Results on the synthetic test split"):]
-    for name in summary["test"]:
+    for name in summary.test:
         assert name in table
-    assert f"fusion: {summary['chosen']}" in next(line for line in table.splitlines() if "<- chosen on val" in line)
+    assert summary.chosen_row in next(line for line in table.splitlines() if "<- chosen on val" in line)
     assert f"tensorboard --logdir {work}" in stdout
     for model in MODELS:
         assert str(work / "runs" / model / "checkpoints") in stdout
@@ -201,20 +191,18 @@ def test_tensorboard_logs_hold_the_expected_tags(demo):
         for split in ("val", "test"):
             assert {f"eval/{split}/accuracy", f"eval/{split}/macro_f1", f"eval/{split}/ece",
                     f"eval/{split}/confusion", f"eval/{split}/reliability"} <= tags, (model, sorted(tags))
-    chosen = json.loads((work / "fusion" / "fusion.json").read_text())["chosen"]
+    chosen = FusionSummary.load(work / "fusion").chosen
     fusion = tensorboard_tags(work / "fusion" / "tensorboard")
     assert {"fusion/test/comparison", "eval/test/macro_f1", "eval/test/confusion", "fusion/test/audio_(raw)/macro_f1",
             "fusion/test/video_(raw)/macro_f1", f"fusion/test/fusion/{chosen}/macro_f1"} <= fusion, sorted(fusion)
 
 
-@pytest.mark.parametrize("demo", [0], indirect=True, ids=["seed0"])
 def test_the_demo_ends_with_a_bundle_that_predicts_every_test_turn(demo):
     """The bundle predicts the test split; its fused labels are the fusion's on the labelled turns (scored in
     bf16 on one process here and on two ranks by evaluate, so the probabilities agree to bf16 precision)."""
     import numpy as np
 
-    from emotrain.config import from_dict
-    from emotrain.fusion.pipeline import FusionConfig, restore_strategy
+    from emotrain.fusion.pipeline import restore_strategy
     from emotrain.inference.outputs import read_predictions
 
     work, stdout, _ = demo
@@ -222,18 +210,16 @@ def test_the_demo_ends_with_a_bundle_that_predicts_every_test_turn(demo):
     manifest = json.loads((work / "shards" / "demo" / "test" / "manifest.json").read_text())
     assert len(rows) == manifest["turns"] and f"predicted {manifest['turns']} turns" in stdout
     assert (work / "bundle" / "bundle.json").is_file() and str(work / "bundle") in stdout
-    summary = json.loads((work / "fusion" / "fusion.json").read_text())
+    summary = FusionSummary.load(work / "fusion")
     preds = [load_predictions(work / "runs" / model / "predictions" / "test.npz") for model in MODELS]
-    strategy = restore_strategy(summary["chosen"], summary["params"][summary["chosen"]],
-                                from_dict(FusionConfig, summary["config"]))
+    strategy = restore_strategy(summary.chosen, summary.chosen_params, summary.fusion_config())
     fused = strategy.predict_proba(preds[0].logits.astype(np.float64), preds[1].logits.astype(np.float64))
-    classes = summary["classes"]
+    classes = summary.classes
     got = np.array([[rows[k]["probs"]["fused"][c] for c in classes] for k in preds[0].keys])
     assert np.abs(got - fused).max() < 0.1
     assert (got.argmax(1) == fused.argmax(1)).mean() > 0.9
 
 
-@pytest.mark.parametrize("demo", [INSTALLED], indirect=True, ids=[f"seed{INSTALLED}"])
 def test_the_installed_demo_wrote_only_its_outputs_and_evaluate_runs_from_a_third_folder(demo, venv, tmp_path):
     """The plain install ran the demo (the results table, both runs completed, no library noise: the tests
     above on this seed) from an empty folder; evaluate then runs from a third folder."""

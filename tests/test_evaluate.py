@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from corpus import torchrun
+from emotrain.evaluation.report_file import EvalReport
 from emotrain.data.schema import META_FIELDS
 from emotrain.data.stream import Modalities
 from emotrain.errors import UserError
@@ -50,8 +51,8 @@ def test_write_evaluation_leaves_what_fusion_reads(tmp_path):
     metrics = write_evaluation(tmp_path, "val", scored, ["a", "b", "c"], {"run": "x"}, step=7)
     preds = load_predictions(tmp_path / "predictions" / "val.npz")
     assert list(preds.keys) == scored.keys and load_classes(tmp_path / "predictions") == ["a", "b", "c"]
-    report = json.loads((tmp_path / "eval" / "val" / "report.json").read_text())
-    assert report["run"] == "x" and report["splits"]["val"]["accuracy"] == metrics["accuracy"]
+    report = EvalReport.load(tmp_path / "eval" / "val" / "report.json")
+    assert report.about["run"] == "x" and report.metric("val", "accuracy") == metrics["accuracy"]
     assert (tmp_path / "eval" / "val" / "val_confusion.png").stat().st_size > 0
     assert any((tmp_path / "tb").iterdir())
 

@@ -1,6 +1,6 @@
-import json
 import shutil
 
+from emotrain.fusion.fusion_file import FusionSummary
 from emotrain.cli import main
 from emotrain.evaluation.predictions import save_classes
 from helpers import make_runs
@@ -16,13 +16,13 @@ def test_fuse_end_to_end(tmp_path, capsys):
                "--tensorboard", str(tmp_path / "tb"), *FAST])
     assert rc == 0
     printed = capsys.readouterr().out
-    summary = json.loads((out / "fusion.json").read_text())
-    rows = summary["test"]
+    summary = FusionSummary.load(out)
+    rows = summary.test
     assert list(rows)[:4] == ["audio (raw)", "audio (calibrated)", "video (raw)", "video (calibrated)"]
-    assert len(rows) == 4 + 6 and f"**fusion: {summary['chosen']}**" in printed
-    assert summary["counts"]["test"] == {"both": 300, "only_audio": 0, "only_video": 0, "unlabelled": 0}
-    assert summary["params"]["audio"]["temperature"] > 1 > summary["params"]["video"]["temperature"]
-    assert summary["config"]["stacking"]["l2"] == [0.01]
+    assert len(rows) == 4 + 6 and f"**{summary.chosen_row}**" in printed
+    assert summary.counts["test"] == {"both": 300, "only_audio": 0, "only_video": 0, "unlabelled": 0}
+    assert summary.temperature("audio") > 1 > summary.temperature("video")
+    assert summary.fusion_config().stacking.l2 == [0.01]
     table = (out / "fusion.md").read_text()
     assert table in printed + "\n" and table.count("\n| ") == 1 + len(rows)
     for name in ("fusion.png", "test_confusion.png", "test_per_class.png", "test_reliability.png", "report.json"):

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from corpus import make_corpus, make_shards
+from emotrain.fusion.fusion_file import FusionSummary
 from emotrain.cli import main
-from emotrain.config import from_dict
 from emotrain.data.splits import SplitRecipe
 from emotrain.errors import UserError
 from emotrain.evaluation.metrics import softmax
 from emotrain.evaluation.predictions import load_predictions
-from emotrain.fusion.pipeline import FusionConfig, restore_strategy
+from emotrain.fusion.pipeline import restore_strategy
 from emotrain.inference.bundle import load_bundle
 from emotrain.inference.outputs import read_predictions
 from emotrain.inference.predict import Predictor
@@ -57,16 +57,15 @@ def probs(row: dict, system: str, classes: list[str]) -> np.ndarray:
 def evaluate_and_fuse(system: dict, split: str) -> tuple[list[str], dict[str, np.ndarray]]:
     """What `evaluate` + `fuse` say for each turn of ``split``: the chosen strategy on both models' logits,
     and each model's calibrated probabilities."""
-    summary = json.loads((system["fusion"] / "fusion.json").read_text())
+    summary = FusionSummary.load(system["fusion"])
     preds = {name: load_predictions(system[name] / "predictions" / f"{split}.npz") for name in ("audio", "video")}
     keys = list(preds["audio"].keys)
     assert keys == sorted(keys) and list(preds["video"].keys) == keys
     a, v = preds["audio"].logits.astype(np.float64), preds["video"].logits.astype(np.float64)
-    strategy = restore_strategy(summary["chosen"], summary["params"][summary["chosen"]],
-                                from_dict(FusionConfig, summary["config"]))
+    strategy = restore_strategy(summary.chosen, summary.chosen_params, summary.fusion_config())
     return keys, {"fused": strategy.predict_proba(a, v),
-                  "audio": softmax(a / summary["params"]["audio"]["temperature"]),
-                  "video": softmax(v / summary["params"]["video"]["temperature"])}
+                  "audio": softmax(a / summary.temperature("audio")),
+                  "video": softmax(v / summary.temperature("video"))}
 
 
 def test_predict_from_the_raw_folder_and_from_shards_equals_evaluate_plus_fuse(system, tmp_path):

@@ -1,8 +1,8 @@
-import json
 
 import numpy as np
 import pytest
 
+from emotrain.evaluation.report_file import EvalReport
 from emotrain.evaluation.metrics import compute_metrics, softmax
 from emotrain.evaluation.report import markdown_table, write_report
 
@@ -23,8 +23,8 @@ def test_report_writes_json_figures_and_tensorboard(tmp_path):
 
     results = {"val": metrics(0), "test": metrics(1)}
     written = write_report(tmp_path / "r", results, extra={"run": "runs/x"}, tensorboard_dir=tmp_path / "tb", step=7)
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert report["run"] == "runs/x" and report["splits"]["test"]["macro_f1"] == results["test"]["macro_f1"]
+    report = EvalReport.load(tmp_path / "r" / "report.json")
+    assert report.about["run"] == "runs/x" and report.metric("test", "macro_f1") == results["test"]["macro_f1"]
     pngs = [p for p in written if p.suffix == ".png"]
     expected = [f"{s}_{k}.png" for s in results for k in ("confusion", "per_class", "reliability")]
     assert sorted(p.name for p in pngs) == sorted(expected)

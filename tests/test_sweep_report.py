@@ -110,9 +110,9 @@ def test_mean_and_std_are_those_of_the_points_own_reports(fake_sweep, capsys):
                     for seed in SEEDS:
                         root = sweep.root / "points" / setting["name"] / f"seed{seed}"
                         if system == "fusion":
-                            data = json.loads((root / "fusion" / "fusion.json").read_text())[split]["fusion: stacking"]
+                            data = FusionSummary.load(root / "fusion").chosen_metrics(split)
                         else:
-                            data = json.loads((root / system / "eval" / split / "report.json").read_text())["splits"][split]
+                            data = EvalReport.load(root / system / "eval" / split / "report.json").metrics(split)
                         values.append(data[seed_dir_metric])
                     stat = setting["stats"][system][split][seed_dir_metric]
                     assert stat["mean"] == pytest.approx(np.mean(values), abs=1e-12)
@@ -156,7 +156,7 @@ def test_hparams_read_back_with_event_accumulator(fake_sweep):
     sessions = sorted(p for p in sweep.report_tensorboard.glob("*/seed*") if p.is_dir())
     assert len(sessions) == 6
     point_dir = sweep.root / "points" / "lr=0.01" / "seed2"
-    want = json.loads((point_dir / "fusion" / "fusion.json").read_text())["test"]["fusion: stacking"]["macro_f1"]
+    want = FusionSummary.load(point_dir / "fusion").chosen_metrics("test")["macro_f1"]
     acc = EventAccumulator(str(sweep.report_tensorboard / "lr=0.01" / "seed2"))
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
