@@ -2,7 +2,8 @@
 
 ``run`` expands the sweep file (``configs/sweeps/*.yaml``) into points, one ordinary run folder each, and
 runs those not yet completed: here one after another, or with ``--slurm`` as one submitit job array
-(one array task per point, ``--max-parallel`` at once). ``report`` writes ``DIR/report/``: mean, std and
+(one array task per point, ``--max-parallel`` at once). A file with ``search:`` runs an Optuna search
+instead (:mod:`emotrain.sweep.search_runner`): its trials are the points, then the best are confirmed over seeds. ``report`` writes ``DIR/report/``: mean, std and
 95% interval over seeds per setting, the setting chosen on val, a plot and TensorBoard HParams.
 """
 
@@ -53,6 +54,13 @@ def report(sweep_dir: Path) -> int:
 
     sweep = SweepDir(sweep_dir.absolute())
     cfg = sweep.read_config()
+    if cfg.search is not None:
+        from emotrain.sweep.search_report import render_markdown as render_search, write_search_report
+
+        search, written = write_search_report(cfg, sweep)
+        print(render_search(search))
+        print(f"wrote {', '.join(str(p) for p in written)}")
+        return 0
     summary = summarise(cfg, sweep)
     if summary.chosen is None:
         raise UserError(f"{sweep_dir}: no point has completed yet: nothing to report")
@@ -69,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         return report(args.sweep_dir)
     cfg = load_sweep(args.sweep, args.overrides)
     sweep = SweepDir(args.out.absolute())
+    if cfg.search is not None:
+        from emotrain.sweep.search_array import run_search
+
+        return run_search(cfg, sweep, args)
     if args.slurm:
         from emotrain.sweep.array import submit_array, wait_for
 

@@ -47,6 +47,7 @@ from emotrain.training.checkpoint import ResumeState, latest_complete_tag
 from emotrain.training.master_weights import initial_weights
 from emotrain.training.deepspeed_config import use_bf16
 from emotrain.training.engine import fit
+from emotrain.training.hooks import HOOK_STOPPED, validation_hook
 from emotrain.training.losses import build_loss
 from emotrain.training.run_config import RunConfig
 
@@ -156,17 +157,21 @@ def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
     if val_manifest.turns_for(cfg.data.turns) > 0:
         validation = PeriodicValidation(cfg.data, modalities, cfg.eval_batch_size, env.rank, env.world_size,
                                         dist.device_for(env), len(manifest.classes), val_manifest)
-    result = fit(model, loss_fn, stream, cfg.train, run.root, env, evaluate_fn=validation, data_stats=stream.stats)
+    hook = validation_hook(run.root) if env.is_main else None
+    result = fit(model, loss_fn, stream, cfg.train, run.root, env, evaluate_fn=validation, data_stats=stream.stats,
+                 on_validation=hook)
     if env.is_main:
         run.write_status(RunStatus(status=result.stop_reason, step=result.step, total_steps=cfg.train.total_steps,
                                    resumed_from=result.resumed_from, world_size=env.world_size,
                                    num_nodes=env.num_nodes, launcher=env.launcher, best_step=result.best_step,
                                    best_metric=cfg.train.best_metric if result.best_step is not None else None,
                                    best_value=result.best_value,
-                                   detail="early stopping" if result.early_stopped else None,
+                                   detail="early stopping" if result.early_stopped else
+                                   HOOK_STOPPED if result.hook_stopped else None,
                                    launch_id=os.environ.get(LAUNCH_ENV)))
         log.info(f"train: {result.stop_reason} at step {result.step}/{cfg.train.total_steps}"
               + (" (early stopping)" if result.early_stopped else "")
+              + (f" ({HOOK_STOPPED})" if result.hook_stopped else "")
               + (f" (resumed from step {result.resumed_from})" if result.resumed_from else "")
               + (f"; best {cfg.train.best_metric} at step {result.best_step}" if result.best_step is not None else "")
               + f"; checkpoint {result.checkpoint}")

@@ -40,9 +40,10 @@ def _stage_env(start: dict[str, str], base_port: int, stage: int) -> None:
 class PointJob(submitit.helpers.Checkpointable):
     """What every task of one array task runs: one sweep point, from the sweep folder's own ``sweep.yaml``."""
 
-    def __init__(self, sweep_root: str, point_name: str) -> None:
+    def __init__(self, sweep_root: str, point_name: str, config_file: str = "sweep.yaml") -> None:
         self.sweep_root = sweep_root
         self.point_name = point_name
+        self.config_file = config_file
 
     def __call__(self) -> str:
         from emotrain.recipes.evaluate import EvalRequest, evaluate_runs
@@ -51,7 +52,7 @@ class PointJob(submitit.helpers.Checkpointable):
         from emotrain.training import distributed as dist
 
         start = time.perf_counter()
-        sweep = SweepDir(Path(self.sweep_root))
+        sweep = SweepDir(Path(self.sweep_root), self.config_file)
         cfg = sweep.read_config()
         point = _find(cfg, self.point_name)
         pdir = sweep.point(point, cfg.models)
@@ -76,7 +77,7 @@ class PointJob(submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """Requeue the same point: its trainings resume from their checkpoints."""
-        return submitit.helpers.DelayedSubmission(PointJob(self.sweep_root, self.point_name))
+        return submitit.helpers.DelayedSubmission(PointJob(self.sweep_root, self.point_name, self.config_file))
 
 
 def submit_array(cfg: SweepConfig, sweep: SweepDir, args: argparse.Namespace, max_parallel: int) -> list[tuple[str, object]]:
@@ -98,7 +99,7 @@ def submit_array(cfg: SweepConfig, sweep: SweepDir, args: argparse.Namespace, ma
         return []
     executor = make_executor(args, sweep.submitit_dir, name=f"sweep-{cfg.name}", slurm_array_parallelism=max_parallel)
     with executor.batch():
-        jobs = [executor.submit(PointJob(str(sweep.root), point.name)) for point in pending]
+        jobs = [executor.submit(PointJob(str(sweep.root), point.name, sweep.config_file)) for point in pending]
     for point, job in zip(pending, jobs):
         say(f"{point.name}: array task {job.job_id}")
     return [(point.name, job) for point, job in zip(pending, jobs)]

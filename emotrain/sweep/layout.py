@@ -5,6 +5,9 @@
         run/  or  audio_text/ video_text/    ordinary run directories (emotrain.training.rundir.RunDir)
         fusion/                              emotrain fuse's outputs (pair sweeps)
         point.json                           how the point ended (:class:`PointStatus`); "completed" = skip it
+    SWEEP/points/trial-NNNN/seed<S>/         a search's trial (a point like any other) + trial.json, lease.json
+    SWEEP/search/                            a search's Optuna study (study.journal) and its claim lock
+    SWEEP/confirm.yaml                       a search's confirmation over seeds: an ordinary sweep of the best trials
     SWEEP/report/                            sweep.md, sweep.json, sweep.png, tb/ (TensorBoard HParams)
     SWEEP/submitit/                          submitit's job logs and pickles (SLURM)
 
@@ -26,15 +29,17 @@ from emotrain.training.rundir import RunDir
 from emotrain.sweep.spec import Point, SweepConfig
 
 COMPLETED, FAILED = "completed", "failed"
+PRUNED = "pruned"  # a search's trial stopped by its pruner (at ``step``)
 
 
 @dataclass
 class PointStatus:
     """What ``point.json`` says."""
 
-    status: str  # completed | failed
+    status: str  # completed | failed | pruned
     wall_s: float
     error: str | None = None
+    step: int | None = None  # pruned: the optimizer step the training stopped at
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,15 @@ class PointDir:
 @dataclass(frozen=True)
 class SweepDir:
     root: Path
+    config_file: str = "sweep.yaml"  # a search's confirmation is the sweep of confirm.yaml in the same folder
 
     @property
     def config_path(self) -> Path:
-        return self.root / "sweep.yaml"
+        return self.root / self.config_file
+
+    @property
+    def search_dir(self) -> Path:
+        return self.root / "search"
 
     @property
     def report_dir(self) -> Path:

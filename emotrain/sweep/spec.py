@@ -16,6 +16,7 @@ from typing import Any
 
 from emotrain.config import path_field
 from emotrain.names import MODEL_KINDS
+from emotrain.sweep.search_spec import SearchConfig
 
 MODELS = MODEL_KINDS
 FUSION_PREFIX = "fusion."
@@ -54,6 +55,7 @@ class SweepConfig:
     seed_keys: list[str] = field(default_factory=lambda: ["train.seed"])
     processes: int = 1  # local CPU ranks per training (one per GPU when there are GPUs)
     select_metric: str = "macro_f1"  # the setting chosen on val: the best mean of this metric of the headline system
+    search: SearchConfig | None = None  # an Optuna search: its trials are the settings (emotrain.sweep.search_spec)
 
     def validate(self) -> None:
         if (self.train_config is None) == (self.pair is None):
@@ -74,6 +76,15 @@ class SweepConfig:
         for item in self.overrides:
             if "=" not in item:
                 raise ValueError(f"override {item!r} is not of the form key.sub=value")
+        if self.search is not None:
+            if self.grid or self.settings:
+                raise ValueError("a search proposes its own settings: give search or grid/settings, not both")
+            prune_on = self.search.pruner.model
+            if self.search.pruner.name != "none" and self.pair is not None and prune_on not in MODELS:
+                raise ValueError(f"search.pruner.model: a pair search prunes on one model's val metric during its "
+                                 f"training: audio_text or video_text (or pruner.name: none), got {prune_on!r}")
+            if self.pair is None and prune_on not in (None, "run"):
+                raise ValueError(f"search.pruner.model is for pair searches only, got {prune_on!r}")
 
     @property
     def models(self) -> tuple[str, ...]:

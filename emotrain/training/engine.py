@@ -48,6 +48,9 @@ EXIT_CODES = {COMPLETED: 0, PREEMPTED: 0, NONFINITE: 3}
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Predict = Callable[[Mapping[str, Any]], torch.Tensor]
 EvaluateFn = Callable[[Predict, int], Mapping[str, float]]
+# Called on rank 0 after each periodic validation with (step, metrics); True stops the run on every rank
+# at this step, as early stopping does (a search prunes a trial this way: emotrain.training.hooks).
+ValidationHook = Callable[[int, Mapping[str, float]], bool]
 
 logger = get_logger(__name__)
 
@@ -63,6 +66,7 @@ class TrainResult:
     best_step: int | None = None  # the step of the best checkpoint (train.best_metric), if any
     best_value: float | None = None  # train.best_metric at that step
     early_stopped: bool = False
+    hook_stopped: bool = False  # the validation hook asked to stop
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss over ranks), this process only
     evaluations: dict[int, dict[str, float]] = field(default_factory=dict)
 
@@ -131,16 +135,19 @@ def _evaluate(engine, evaluate_fn: EvaluateFn, step: int, device: torch.device, 
     return metrics
 
 
-def _track_best(metrics: Mapping[str, float], state: ResumeState, cfg: TrainConfig, env: DistEnv) -> tuple[bool, bool]:
+def _track_best(metrics: Mapping[str, float], state: ResumeState, cfg: TrainConfig, env: DistEnv,
+                on_validation: ValidationHook | None = None) -> tuple[bool, bool, bool]:
     """Collective: rank 0 (which holds the gathered val metrics) decides whether this step is the new
-    best and whether to stop early; every rank adopts its decision and its best-so-far state."""
+    best, whether to stop early and whether the validation hook stops the run; every rank adopts its
+    decision and its best-so-far state."""
     decision = None
     if env.is_main:
         is_best, stop = observe(metrics, state.step, state.best, cfg.best_metric, cfg.early_stopping)
-        decision = (is_best, stop, asdict(state.best))
-    is_best, stop, best = broadcast_from_main(decision)
+        hooked = bool(on_validation(state.step, metrics)) if on_validation is not None else False
+        decision = (is_best, stop, hooked, asdict(state.best))
+    is_best, stop, hooked, best = broadcast_from_main(decision)
     state.best = BestState(**best)
-    return is_best, stop
+    return is_best, stop, hooked
 
 
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, env: DistEnv):
@@ -166,13 +173,15 @@ def fit(
     env: DistEnv,
     evaluate_fn: EvaluateFn | None = None,
     data_stats: Callable[[], Mapping[str, int]] | None = None,
+    on_validation: ValidationHook | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``cfg.total_steps`` optimizer steps, resuming from ``run_dir`` if it holds a checkpoint.
 
     Collective: every rank calls it with the same config. ``batches_from(state)`` must return an
     endless iterable of micro-batches of ``cfg.micro_batch_size`` for this rank, positioned after
     ``state.micro_batches`` micro-batches. ``evaluate_fn(predict, step)`` runs on every rank every
-    ``cfg.eval_every_steps`` steps; ``predict(batch)`` returns fp32 logits.
+    ``cfg.eval_every_steps`` steps; ``predict(batch)`` returns fp32 logits. ``on_validation`` (rank 0's
+    matters) sees each validation's metrics and may stop the run there.
     """
     run_dir = Path(run_dir)
     device = init_distributed(env)
@@ -228,10 +237,10 @@ def fit(
             if _due(state.step, cfg.log_every_steps, cfg.total_steps):  # every rank: data stats are summed over ranks
                 log.scalars(state.step, _log_scalars(engine, optimizer, window, cfg, state, data_stats, device))
                 window = _Window()
-            is_best = stop_early = False
+            is_best = stop_early = hooked = False
             if evaluate_fn is not None and _due(state.step, cfg.eval_every_steps, cfg.total_steps):
                 result.evaluations[state.step] = _evaluate(engine, evaluate_fn, state.step, device, float_dtype)
-                is_best, stop_early = _track_best(result.evaluations[state.step], state, cfg, env)
+                is_best, stop_early, hooked = _track_best(result.evaluations[state.step], state, cfg, env, on_validation)
                 log.scalars(state.step, {**result.evaluations[state.step],
                                          **({f"best/{cfg.best_metric}": state.best.value} if is_best else {})})
             # A new best is saved at once, whether or not a periodic checkpoint is due.
@@ -243,6 +252,10 @@ def fit(
                 log.message(f"early stopping at step {state.step}: {cfg.best_metric} has not improved by more than "
                             f"{cfg.early_stopping.min_delta} in {cfg.early_stopping.patience} evaluations "
                             f"(best at step {state.best.step})")
+                break
+            if hooked:
+                result.hook_stopped = True
+                log.message(f"stopped at step {state.step} by the validation hook")
                 break
             if stop_votes and state.step < cfg.total_steps:
                 result.stop_reason = PREEMPTED
