@@ -156,3 +156,16 @@ def test_confirmation_chooses_by_mean_val_over_seeds_not_the_best_single_trial(t
     markdown = (sweep.report_dir / "search.md").read_text()
     assert "Chosen: **trial-0001**" in markdown and "| **trial-0001** (chosen) | [0, 1, 2] | 0.7900 +/- 0.0100 |" in markdown
     assert json.loads(sweep.report_json.read_text())["chosen"] == "trial-0001"  # the confirmation sweep agrees
+
+
+def test_the_validation_hook_is_named_by_the_environment_and_only_emotrain_modules(tmp_path, monkeypatch):
+    from emotrain.errors import UserError
+    from emotrain.training.hooks import HOOK_ENV, validation_hook
+
+    monkeypatch.delenv(HOOK_ENV, raising=False)
+    assert validation_hook(tmp_path) is None
+    monkeypatch.setenv(HOOK_ENV, "os:system")
+    with pytest.raises(UserError, match="expected emotrain.<module>:<function>"):
+        validation_hook(tmp_path)
+    monkeypatch.setenv(HOOK_ENV, "emotrain.sweep.pruning:trial_hook")
+    assert validation_hook(tmp_path / "run") is None  # not a trial's run: no trial.json beside it
