@@ -89,9 +89,12 @@ def open_study(cfg: SweepConfig, sweep: SweepDir):
 
     assert cfg.search is not None
     optuna.logging.set_verbosity(logging.WARNING)
-    study = optuna.create_study(study_name=cfg.name or "search", storage=_storage(cfg, sweep),
-                                sampler=sampler_for(cfg), pruner=pruner_for(cfg),
-                                direction=cfg.search.objective.direction, load_if_exists=True)
+    storage, name = _storage(cfg, sweep), cfg.name or "search"
+    try:  # loading writes nothing: a re-run that finds the study full leaves the journal as it was
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler_for(cfg), pruner=pruner_for(cfg))
+    except KeyError:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler_for(cfg), pruner=pruner_for(cfg),
+                                    direction=cfg.search.objective.direction, load_if_exists=True)
     if study.direction.name.lower() != cfg.search.objective.direction:
         raise UserError(f"{sweep.root}: the study there is to {study.direction.name.lower()}, the sweep file says "
                         f"{cfg.search.objective.direction}: use a new --out for another objective")
