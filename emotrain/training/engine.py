@@ -7,6 +7,7 @@ a loss ``loss_fn(logits, labels)`` and a loader factory ``batches_from(resume_st
 
 Stopping: the run ends when ``cfg.total_steps`` optimizer steps are done (``completed``), when
 ``cfg.early_stopping`` says validation stopped improving (``completed``, ``early_stopped`` set), when
+the caller's ``on_validation`` hook asks to stop after a validation (``completed``, ``hook_stopped`` set), when
 SIGTERM or SIGUSR1 reached any rank (``preempted``: all ranks agree at the next step, save, and
 return), or after ``cfg.max_consecutive_nonfinite`` non-finite losses in a row (``nonfinite``).
 A checkpoint is written in every case. :data:`EXIT_CODES` is what ``launch/train.py`` should exit
