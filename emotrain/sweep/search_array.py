@@ -22,12 +22,13 @@ from pathlib import Path
 import submitit
 
 from emotrain.errors import UserError
+from emotrain.log import get_logger
 from emotrain.sweep.layout import SweepDir
 from emotrain.sweep.spec import SweepConfig
 from emotrain.sweep.study import WAIT, Claim, Lease, claim_next, kept_lease, open_study, trial_dir
 from emotrain.sweep.trials import InProcessSteps, record_end, timed_trial
 
-DONE = "done"
+log = get_logger(__name__)
 
 
 class _Channel:
@@ -135,8 +136,8 @@ def run_search(cfg: SweepConfig, sweep: SweepDir, args: argparse.Namespace) -> i
                 raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
         jobs = submit_search(cfg, sweep, args)
         if not args.wait:
-            print(f"submitted {len(jobs)} search task(s); when they end, run the same command again "
-                  f"(it confirms the best trials over seeds), then: emotrain sweep report {args.out}")
+            log.info(f"submitted {len(jobs)} search task(s); when they end, run the same command again "
+                     f"(it confirms the best trials over seeds), then: emotrain sweep report {args.out}")
             return 0
         wait_for(jobs)  # a task that died is no loss: its trial went to another task (or goes to the next run)
         study = open_study(cfg, sweep)
@@ -149,6 +150,6 @@ def run_search(cfg: SweepConfig, sweep: SweepDir, args: argparse.Namespace) -> i
             failed = wait_for(submit_array(confirm, confirm_dir(sweep), args, args.max_parallel))
     if open_study(cfg, sweep).trials:
         summary, written = write_search_report(cfg, sweep)
-        print(render_markdown(summary))
+        log.info(render_markdown(summary))
         say(f"wrote {', '.join(str(p) for p in written)}")
     return 1 if failed else 0

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 
-from emotrain import workflow
+from emotrain.recipes import workflow
 from emotrain.errors import UserError
 from emotrain.sweep.layout import SweepDir
 from emotrain.sweep.runner import say

@@ -7,7 +7,6 @@ sweep point) or in-process on every rank of a SLURM array task (:mod:`emotrain.s
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -17,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from emotrain import workflow
 from emotrain.errors import UserError
+from emotrain.evaluation.report_file import EvalReport
+from emotrain.fusion.fusion_file import FusionSummary
+from emotrain.names import EVAL_SPLITS, VAL
+from emotrain.recipes import workflow
 from emotrain.sweep.layout import COMPLETED, FAILED, PRUNED, PointDir, PointStatus, SweepDir
 from emotrain.sweep.runner import fuse_point
 from emotrain.sweep.spec import SweepConfig, model_overrides
@@ -80,13 +82,12 @@ class InProcessSteps:
         self.stage += 1
 
     def train(self, config: str, run_dir: Path, overrides: list[str], prune: bool) -> bool:
-        from emotrain.cli import main
-        from emotrain.rundir import PREEMPTED, RunDir
-        from emotrain.workflow import set_args
+        from emotrain.recipes.jobs import TrainRequest, train_in_process
+        from emotrain.training.rundir import PREEMPTED, RunDir
 
         self._next_stage()
         with hook_env(prune):
-            code = main(["train", config, "--run-dir", str(run_dir), *set_args(overrides)])
+            code = train_in_process(TrainRequest(config, run_dir, overrides))
         status = RunDir(run_dir).read_status()
         if code != 0 or status is None:
             raise UserError(f"training of {run_dir} failed (exit {code})")
@@ -97,12 +98,10 @@ class InProcessSteps:
         return True
 
     def evaluate(self, run_dirs: list[Path]) -> None:
-        from emotrain.cli import main
-        from emotrain.workflow import EVAL_SPLITS
+        from emotrain.recipes.evaluate import EvalRequest, evaluate_runs
 
         self._next_stage()
-        if main(["evaluate", *(str(r) for r in run_dirs), "--split", *EVAL_SPLITS, "--no-progress"]) != 0:
-            raise UserError(f"evaluate failed for {', '.join(str(r) for r in run_dirs)}")
+        evaluate_runs(EvalRequest(list(run_dirs), list(EVAL_SPLITS), progress=False))
 
 
 @dataclass
@@ -125,14 +124,12 @@ def objective_value(cfg: SweepConfig, pdir: PointDir) -> float:
     """The point's val objective: of the one model (its eval report), or of the fusion its pair chose on val."""
     assert cfg.search is not None
     metric = cfg.search.objective.metric
-    try:
-        if cfg.pair is None:
-            report = json.loads(pdir.run(cfg.models[0]).eval_report("val").read_text(encoding="utf-8"))
-            return float(report["splits"]["val"][metric])
-        fusion = json.loads(pdir.fusion_json.read_text(encoding="utf-8"))
-        return float(fusion["val"][f"fusion: {fusion['chosen']}"][metric])
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"{pdir.root}: no val {metric} to score the trial by ({type(err).__name__}: {err})") from None
+    if cfg.pair is None:
+        return EvalReport.load(pdir.run(cfg.models[0]).eval_report(VAL)).metric(VAL, metric)
+    value = FusionSummary.load(pdir.fusion).chosen_metrics(VAL).get(metric)
+    if not isinstance(value, (int, float)):
+        raise UserError(f"{pdir.fusion}: the chosen fusion's val metrics hold no number {metric!r}")
+    return float(value)
 
 
 def run_trial(cfg: SweepConfig, sweep: SweepDir, claim: Claim, steps: TrialSteps, is_main: bool = True) -> TrialEnd | None:
