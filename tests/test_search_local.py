@@ -75,7 +75,7 @@ def test_local_search_prunes_resumes_a_killed_trial_and_reruns_nothing(split_sha
     killed_number = int(killed.parent.name.split("-")[1])
     assert [t["state"] for t in trials_of(out) if t["number"] == killed_number] == ["RUNNING"]
 
-    second = subprocess.run(cmd(file, out), env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(cmd(file, out), env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-3000:]
     assert f"trial-{killed_number:04d} (resumed)" in second.stdout
     trials = trials_of(out)
@@ -117,7 +117,7 @@ def test_local_search_prunes_resumes_a_killed_trial_and_reruns_nothing(split_sha
     assert len([p for p in (report / "search_tb").iterdir() if p.is_dir()]) == TRIALS  # an HParams session each
 
     before = {p: p.stat().st_mtime_ns for p in [*(out / "points").rglob("point.json"), out / "search" / "study.journal"]}
-    third = subprocess.run(cmd(file, out), env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    third = subprocess.run(cmd(file, out), env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     assert "search: 0 trial(s) run now" in third.stdout and "confirmation: 0 completed, 4 skipped" in third.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing run, not a line added to the study
