@@ -242,3 +242,12 @@ def write(tmp_path, records):
     path = tmp_path / "train.json"
     path.write_text(json.dumps(records))
     return path
+
+
+def study_trials(journal: Path, study: str = "search") -> list[dict]:
+    """A search's trials as its Optuna journal holds them: number, state, value, params, reported steps."""
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    return [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+             "reported": sorted(t.intermediate_values)} for t in optuna.load_study(study_name=study, storage=storage).trials]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_engine_runs import BIN, REPO, child_env
+from helpers import BIN, REPO, child_env, study_trials
 
 pytestmark = pytest.mark.slow
 STEPS, EVERY, TRIALS = 6, 2, 8
@@ -50,13 +50,7 @@ def read(path: Path) -> dict:
 
 
 def trials_of(out: Path) -> list[dict]:
-    import optuna
-
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-        str(out / "search" / "study.journal")))
-    study = optuna.load_study(study_name="search", storage=storage)
-    return [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-             "reported": sorted(t.intermediate_values)} for t in study.trials]
+    return study_trials(out / "search" / "study.journal")
 
 
 def test_local_search_prunes_resumes_a_killed_trial_and_reruns_nothing(split_shards, tmp_path):

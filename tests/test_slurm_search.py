@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from slurm_util import job_info, poll_until, release_requeued, slurm, slurm_cluster  # noqa: F401 (the fixture)
-from test_search_local import trials_of
+from helpers import study_trials
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_search_as_a_job_array_survives_preemption_and_kill_9(split_shards, tmp_
     assert int(job_info(preempted["task"]).get("Restarts", "0")) == 1, job_info(preempted["task"])
     assert len(set(re.findall(r"search task \d: array task (\S+)", output))) == 2, output[-3000:]
 
-    trials = trials_of(out)
+    trials = study_trials(out / "search" / "study.journal")
     assert [t["number"] for t in trials] == list(range(TRIALS))  # none lost, none duplicated
     assert [t["state"] for t in trials] == ["COMPLETE"] * TRIALS  # none left RUNNING
     resumed = {}
