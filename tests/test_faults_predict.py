@@ -68,3 +68,35 @@ def test_text_given_for_clip_bytes_is_skipped_and_unused_names_are_reported(syst
     assert reasons[("clip", wav)].startswith("not bytes (a str"), reasons
     assert "no utterance" in reasons[("clip", "dia99999utt0_1.wav")]
     assert ("clip", wav.replace(".wav", ".wav\n")) in reasons
+
+
+# -- outputs checked before the work, written as a whole ---------------------------------------------------
+
+def test_an_out_under_a_file_is_one_line_before_any_work(system, tmp_path, capsys):  # noqa: F811
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    # A bundle that does not exist: the --out check comes first, so it is what the line names.
+    assert main(["predict", str(tmp_path / "no-bundle"), "--avamerg", str(system["corpus"]), "--json", "train.json",
+                 "--out", str(blocker / "sub"), "--no-progress"]) == 2
+    assert "cannot write --out" in one_line_error(capsys, "predict")
+    assert main(["fuse", "--audio", str(system["audio"]), "--video", str(system["video"]),
+                 "--out", str(blocker / "sub")]) == 2
+    assert "cannot write --out" in one_line_error(capsys, "fuse")
+    assert main(["bundle", "--audio", str(system["audio"]), "--out", str(blocker / "sub")]) == 2
+    assert "cannot write --out" in one_line_error(capsys, "bundle")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing half-written beside it
+
+
+def test_predicting_into_an_earlier_result_leaves_none_of_its_files(system, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    predict(system["bundle"], "--shards", system["shards"], "--split", "test", "--out", out, "--csv")
+    assert (out / "predictions.csv").is_file()
+    predict(system["bundle"], "--shards", system["shards"], "--split", "val", "--out", out)
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.jsonl", "summary.json"]  # the old CSV is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    (fused / "stale.md").write_text("an earlier report")
+    assert main(["fuse", "--audio", str(system["audio"]), "--video", str(system["video"]), "--out", str(fused),
+                 "--config", "fusion/quick"]) == 0
+    assert not (fused / "stale.md").exists() and (fused / "fusion.json").is_file()

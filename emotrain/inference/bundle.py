@@ -170,22 +170,18 @@ def _write_yaml(path: Path, data: Any) -> None:
     path.write_text(yaml.safe_dump(to_dict(data), sort_keys=False), encoding="utf-8")
 
 
-def write_bundle(out: Path, sources: dict[str, ModelSource], fusion: BundledFusion | None,
+def write_bundle(tmp: Path, sources: dict[str, ModelSource], fusion: BundledFusion | None,
                  temperatures: dict[str, float] | None = None) -> Path:
-    """Write a bundle of ``sources`` (name -> model) and the fusion into ``out`` (which must not exist yet);
-    written beside and renamed, so a half-written bundle never sits at ``out``."""
+    """Write a bundle of ``sources`` (name -> model) and the fusion into the empty folder ``tmp`` (the staging
+    folder of :func:`emotrain.files.replaced_folder`, swapped in for the bundle's place when it is complete)."""
     from emotrain.data.text import load_tokenizer
     from emotrain.evaluation.export import save_weights
     from emotrain.training.runlog import versions
 
-    if out.exists():
-        raise UserError(f"{out} exists: bundle into a new folder (or remove it)")
     schemes = {name: src.scheme.to_dict() for name, src in sources.items()}
     if len({json.dumps(s, sort_keys=True) for s in schemes.values()}) > 1:
         raise UserError(f"the models were trained under different label schemes: {schemes}")
     scheme = next(iter(sources.values())).scheme
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     models: dict[str, BundledModel] = {}
     for name, src in sources.items():
         if src.model.kind != KIND_OF[name]:
@@ -204,9 +200,7 @@ def write_bundle(out: Path, sources: dict[str, ModelSource], fusion: BundledFusi
     info = BundleInfo(BUNDLE_FORMAT, list(scheme.classes), scheme, models, fusion, versions())
     info.validate()
     (tmp / INFO_FILE).write_text(json.dumps(to_dict(info), indent=1) + "\n", encoding="utf-8")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
-    return out
+    return tmp
 
 
 @dataclass
