@@ -100,3 +100,87 @@ def test_predicting_into_an_earlier_result_leaves_none_of_its_files(system, tmp_
     assert main(["fuse", "--audio", str(system["audio"]), "--video", str(system["video"]), "--out", str(fused),
                  "--config", "fusion/quick"]) == 0
     assert not (fused / "stale.md").exists() and (fused / "fusion.json").is_file()
+
+
+# -- a bundle is self-contained, and what it says is what its weights mean ---------------------------------
+
+def copy_bundle(system, tmp_path: Path) -> tuple[Path, dict]:  # noqa: F811
+    bundle = tmp_path / "bundle"
+    shutil.copytree(system["bundle"], bundle)
+    return bundle, json.loads((bundle / "bundle.json").read_text())
+
+
+def rewrite(bundle: Path, info: dict, rel: str, text: str | None = None) -> None:
+    """Change a bundle file (or only its checksum) the way a careful forger would: bundle.json agrees."""
+    from emotrain.inference.bundle_files import sha256_file
+
+    if text is not None:
+        (bundle / rel).write_text(text)
+    info["files"][rel] = sha256_file(bundle / rel)
+    (bundle / "bundle.json").write_text(json.dumps(info))
+
+
+def test_a_tokenizer_outside_the_bundle_is_refused_however_it_is_named(system, tmp_path):  # noqa: F811
+    outside = tmp_path / "outside_tokenizer"
+    bundle, info = copy_bundle(system, tmp_path)
+    shutil.copytree(bundle / "audio" / "tokenizer", outside)
+    data_yaml = (bundle / "audio" / "data.yaml").read_text()
+    assert "tokenizer: tokenizer" in data_yaml
+    for named in (str(outside), "../../outside_tokenizer"):
+        rewrite(bundle, info, "audio/data.yaml", data_yaml.replace("tokenizer: tokenizer", f"tokenizer: {named}"))
+        with pytest.raises(UserError, match="lies outside the bundle"):
+            load_bundle(bundle)
+    # a hub name (offline it would spend its retries) and a missing folder: refused at once, by name
+    for named in ("bert-base-uncased", "no_such_folder"):
+        rewrite(bundle, info, "audio/data.yaml", data_yaml.replace("tokenizer: tokenizer", f"tokenizer: {named}"))
+        with pytest.raises(UserError, match="is not a folder inside the bundle"):
+            load_bundle(bundle)
+    rewrite(bundle, info, "audio/data.yaml", data_yaml)
+    load_bundle(bundle)  # as made: loads
+    # a symlink out of the bundle, and an edit of a bundled file
+    shutil.rmtree(bundle / "audio" / "tokenizer")
+    (bundle / "audio" / "tokenizer").symlink_to(outside)
+    with pytest.raises(UserError, match="symbolic link"):
+        load_bundle(bundle)
+    (bundle / "audio" / "tokenizer").unlink()
+    shutil.copytree(outside, bundle / "audio" / "tokenizer")
+    edited = sorted((bundle / "audio" / "tokenizer").iterdir())[0]
+    edited.write_text(edited.read_text() + " ")
+    with pytest.raises(UserError, match=f"tokenizer/{edited.name} changed since the bundle was made"):
+        load_bundle(bundle)
+
+
+def test_a_missing_encoder_config_is_one_line_not_library_defaults(system, tmp_path):  # noqa: F811
+    bundle, info = copy_bundle(system, tmp_path)
+    model_yaml = (bundle / "audio" / "model.yaml").read_text()
+    assert "pretrained: null" in model_yaml  # the stand-in's tiny encoders are built from config dicts
+    pointed = model_yaml.replace("pretrained: null", "pretrained: encoders/text", 1)
+    rewrite(bundle, info, "audio/model.yaml", pointed)
+    with pytest.raises(UserError, match="is not a folder inside the bundle"):  # the folder is missing
+        load_bundle(bundle)
+    (bundle / "audio" / "encoders" / "text").mkdir(parents=True)  # there, but without its config.json
+    with pytest.raises(UserError, match="has no config.json"):
+        load_bundle(bundle)
+
+
+def test_reordered_classes_or_infinite_temperatures_are_refused(system, tmp_path, capsys):  # noqa: F811
+    bundle, info = copy_bundle(system, tmp_path)
+    swapped = list(info["classes"])
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    reordered = {**info, "classes": swapped,
+                 "scheme": {**info["scheme"], "classes": swapped}}
+    (bundle / "bundle.json").write_text(json.dumps(reordered))
+    assert main(["predict", str(bundle), "--shards", str(system["shards"]), "--out", str(tmp_path / "o")]) == 2
+    assert "the class order belongs to the weights" in one_line_error(capsys, "predict")
+    for key, value in (("temperature", float("inf")), ("temperature", float("nan"))):
+        bad = json.loads(json.dumps(info))
+        bad["models"]["audio"][key] = value
+        (bundle / "bundle.json").write_text(json.dumps(bad))
+        with pytest.raises(UserError, match="finite"):
+            load_bundle(bundle)
+    bad = json.loads(json.dumps(info))
+    bad["fusion"]["params"]["temperatures"][0] = float("nan")  # what restore_strategy would have accepted
+    (bundle / "bundle.json").write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="finite"):
+        load_bundle(bundle)
+    assert not (tmp_path / "o").exists()
