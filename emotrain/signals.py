@@ -25,10 +25,13 @@ def ignore_stop_notices(worker_id: int = 0) -> None:
     to every process of the step, loader workers included. By default it kills a worker, and the
     training process then fails on the lost worker ("DataLoader worker exited unexpectedly")
     before it can checkpoint. A worker still ends with its training process: the DataLoader shuts
-    it down, and it exits by itself when that process dies.
+    it down, and when that process dies without doing so the kernel ends it (:mod:`emotrain.lifetime`).
     """
+    from emotrain.lifetime import die_with_parent
+
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    die_with_parent()  # ignoring the signals, it must still end with the fork server (and so the trainer)
 
 
 @contextlib.contextmanager
