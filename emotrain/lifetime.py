@@ -1,7 +1,7 @@
 """Helper processes end with the process they serve.
 
 The loader's fork server and its workers ignore the stop signals by design (the training process acts on a
-SIGTERM: it checkpoints first, see :mod:`emotrain.training.preemption`), so a signal cannot end them, and a
+SIGTERM: it checkpoints first, see :mod:`emotrain.signals`), so a signal cannot end them, and a
 training process that dies without shutting its loader down (``kill -9``, a crash, a SIGTERM with the default
 action) would leave them behind as orphans. :func:`die_with_parent` makes the kernel kill a process when its
 parent exits (Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; elsewhere a daemon thread that watches the parent

@@ -145,13 +145,17 @@ def source_from_run(run_dir: Path, tag: str | None = None, last: bool = False) -
     """A run's (or an ``emotrain export`` folder's) model: its weights, config, and its shards' vocabularies and scheme."""
     from emotrain.evaluation.report_file import EvalReport
     from emotrain.evaluation.trained_model import trained_weights
+    from emotrain.provenance import PROVENANCE, DataProvenance, checked_shards
     from emotrain.training.rundir import RunDir
 
     run = RunDir(run_dir).require()
     cfg = run.read_config()
+    shards = checked_shards(run.root, cfg.data.shards, [])  # the vocabularies and scheme must be the training's
     weights, tag, kind = trained_weights(run, tag, last)
-    manifest = Manifest.load(cfg.data.shards, "train")
-    source: dict[str, Any] = {"run": str(run.root.resolve()), "checkpoint": tag, "checkpoint_kind": kind}
+    manifest = Manifest.load(shards, "train")
+    data = DataProvenance.read(run.root / PROVENANCE) or DataProvenance.of(shards)
+    source: dict[str, Any] = {"run": str(run.root.resolve()), "checkpoint": tag, "checkpoint_kind": kind,
+                              "data": data.to_dict()}
     if run.eval_report(VAL).is_file():  # not evaluated on val: the bundle says nothing about it
         val = EvalReport.load(run.eval_report(VAL)).metrics(VAL)
         source[VAL] = {k: val[k] for k in ("accuracy", "macro_f1", "nll", "n") if k in val}
