@@ -60,3 +60,38 @@ def test_no_loader_process_outlives_the_process_it_serves(five_shards, sig):
     finally:
         for pid in alive([proc.pid] + (helpers if "helpers" in locals() else [])):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_run_folder_removed_during_training_ends_it_with_one_line_and_no_process_left(split_shards, tmp_path):
+    import shutil
+
+    from test_engine_runs import child_env, kill9_tree, wait_for
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "emotrain.cli", "train", "demo/audio_text", "--run-dir", str(run),
+           "--set", f"data.shards={split_shards}", "--set", "train.total_samples=100000", "--set", "train.eval_every_steps=0",
+           "--set", "data.num_workers=1", "--set", "train.bf16=false", "--set", "train.checkpoint_every_steps=2",
+           "--set", "train.log_every_steps=1"]
+    env = dict(child_env(), PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    helpers: list[int] = []
+    try:
+        wait_for(run / "checkpoints" / "step00000002" / "complete", proc, timeout=300)
+        helpers = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert helpers, "no loader processes to count"
+        while run.exists():  # the trainer may be writing into it meanwhile
+            shutil.rmtree(run, ignore_errors=True)
+        rc = proc.wait(timeout=180)
+        err = proc.stderr.read().strip().splitlines()
+        assert rc == 2 and err[-1].startswith("emotrain train: error: the run folder"), err[-20:]
+        assert not any(line.startswith("Traceback") for line in err), err
+        deadline = time.monotonic() + 20
+        while alive(helpers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive(helpers) == []
+    finally:
+        kill9_tree(proc.pid)
+        for pid in alive(helpers):
+            os.kill(pid, signal.SIGKILL)
