@@ -8,7 +8,6 @@ an audio run with a video run. One place, so that a demo run and a sweep point a
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -43,9 +42,11 @@ def launch(nproc: int, args: list[str]) -> None:
                "-m", "emotrain.cli", *args]
     else:
         cmd = [sys.executable, "-m", "emotrain.cli", *args]
-    proc = subprocess.run(cmd, env=child_env(nproc))
-    if proc.returncode != 0:
-        raise UserError(f"step failed (exit {proc.returncode}): {' '.join(cmd)}")
+    from emotrain.childproc import run_passing_through
+
+    code, reason = run_passing_through(cmd, child_env(nproc))
+    if code != 0:  # the child's own one line when it wrote one (what point.json records), else the command
+        raise UserError(f"step failed (exit {code}): {reason or ' '.join(cmd)}")
 
 
 def set_args(overrides: list[str]) -> list[str]:

@@ -4,7 +4,8 @@
     SWEEP/points/<setting>/seed<S>/          one point
         run/  or  audio_text/ video_text/    ordinary run directories (emotrain.training.rundir.RunDir)
         fusion/                              emotrain fuse's outputs (pair sweeps)
-        point.json                           how the point ended (:class:`PointStatus`); "completed" = skip it
+        point.json                           how the point ended (:class:`PointStatus`); "completed" = skip it;
+                                             the configs and shard fingerprints it ran (written when it starts)
     SWEEP/report/                            sweep.md, sweep.json, sweep.png, tb/ (TensorBoard HParams)
     SWEEP/submitit/                          submitit's job logs and pickles (SLURM)
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -25,16 +27,18 @@ from emotrain.fusion.fusion_file import FUSION_FILE
 from emotrain.training.rundir import RunDir
 from emotrain.sweep.spec import Point, SweepConfig
 
-COMPLETED, FAILED = "completed", "failed"
+COMPLETED, FAILED, RUNNING = "completed", "failed", "running"
 
 
 @dataclass
 class PointStatus:
     """What ``point.json`` says."""
 
-    status: str  # completed | failed
+    status: str  # running | completed | failed
     wall_s: float
-    error: str | None = None
+    error: str | None = None  # why it failed, in one line (the failing step's own)
+    config: dict[str, Any] | None = None  # the resolved configs it ran (emotrain.sweep.plan)
+    data: dict[str, Any] | None = None  # the fingerprints of the shards it trained on
 
 
 @dataclass(frozen=True)
