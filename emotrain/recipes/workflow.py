@@ -72,7 +72,10 @@ def fuse(fusion_config: str, audio: Path, video: Path, out: Path, overrides: lis
     from emotrain.fusion.pipeline import FusionConfig, fuse_runs
     from emotrain.fusion.runs import load_run
 
+    from emotrain.files import replaced_folder
+
     config = load_config(FusionConfig, fusion_config, overrides)
-    result = fuse_runs(load_run(audio), load_run(video), config)
-    write_outputs(result, config, audio, video, out, out / "tensorboard")
+    with replaced_folder(out, "the fusion folder") as staging:  # as one unit: no earlier fusion's file stays
+        result = fuse_runs(load_run(audio), load_run(video), config)
+        write_outputs(result, config, audio, video, staging, staging / "tensorboard")
     return render_markdown(result, audio, video)
