@@ -1,5 +1,5 @@
 """Writing a file, or a whole output folder, so that nobody ever reads half of it: every file the project writes goes
-through here.""" (Outputs checked before the work and written as a whole: predict, fuse, export, bundle and the sweep report write into a fresh sibling folder swapped in at the end (files.replaced_folder); an --out under a file or unwritable is one line before anything is scored, and an earlier result's files (a stale predictions.csv) are gone)
+through here."""
 
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ def test_the_contract_checks_the_stream_and_compares_the_tokenizer_by_content(tr
 
 def test_val_or_test_packed_under_another_scheme_is_refused(trained, tmp_path):
     from emotrain.data.manifest import Manifest
-    from emotrain.provenance import check_splits_agree
+    from emotrain.data.provenance import check_splits_agree
 
     shards = tmp_path / "shards"
     shutil.copytree(trained["shards"], shards)
@@ -125,7 +125,7 @@ def test_after_a_repack_in_place_evaluate_bundle_predict_and_resume_refuse(train
     before = json.loads((trained["run"] / "provenance.json").read_text())["splits"]
     pack(trained["corpus"], trained["shards"], seed=2)
     from emotrain.data.manifest import Manifest
-    from emotrain.provenance import split_fingerprint
+    from emotrain.data.provenance import split_fingerprint
 
     assert split_fingerprint(Manifest.load(trained["shards"], "test")) != before["test"]
     report = trained["run"] / "eval" / "test" / "report.json"

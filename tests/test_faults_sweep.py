@@ -87,7 +87,7 @@ def test_an_edited_sweep_file_does_not_reuse_points_run_under_the_old_one(tmp_pa
 
 
 def test_a_failed_step_records_the_childs_own_reason(tmp_path):
-    from emotrain import workflow
+    from emotrain.recipes import workflow
 
     with pytest.raises(UserError) as err:
         workflow.train("demo/audio_text", tmp_path / "run", [f"data.shards={tmp_path / 'nowhere'}"], 1)

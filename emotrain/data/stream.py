@@ -99,8 +99,8 @@ WORKER_PRELOAD = [__name__, "emotrain.data.worker_preload"]
 @contextlib.contextmanager
 def _fork_server_parent() -> Iterator[None]:
     """While the fork server starts: tell it (through its environment) which process it serves, so that it
-    dies with that process (:func:`emotrain.lifetime.fork_server_dies_with_parent`)."""
-    from emotrain.lifetime import PARENT_ENV
+    dies with that process (:func:`emotrain.signals.fork_server_dies_with_parent`)."""
+    from emotrain.signals import PARENT_ENV
 
     before = os.environ.get(PARENT_ENV)
     os.environ[PARENT_ENV] = str(os.getpid())

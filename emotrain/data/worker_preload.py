@@ -5,7 +5,7 @@
 validation pass builds one). Resolving the tokenizer classes here does it once per process tree.
 """
 
-from emotrain.lifetime import fork_server_dies_with_parent
+from emotrain.signals import fork_server_dies_with_parent
 
 fork_server_dies_with_parent()  # first: a fork server whose training process is gone must not linger
 

@@ -66,7 +66,7 @@ def load_trained_model(run_dir: str | Path, tag: str | None, device: torch.devic
                        shards: str | None = None) -> TrainedModel:
     """The run's model with a checkpoint's weights (every key must match), in eval mode on ``device``:
     ``tag``, else the best checkpoint when the run has one (``last``: the newest); an export folder's weights.
-    ``shards``: its shards' folder when they moved (checked by :func:`emotrain.provenance.checked_shards`)."""
+    ``shards``: its shards' folder when they moved (checked by :func:`emotrain.data.provenance.checked_shards`)."""
     run = RunDir(run_dir).require()
     cfg = run.read_config()
     if shards is not None:

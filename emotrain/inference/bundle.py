@@ -145,7 +145,7 @@ def source_from_run(run_dir: Path, tag: str | None = None, last: bool = False) -
     """A run's (or an ``emotrain export`` folder's) model: its weights, config, and its shards' vocabularies and scheme."""
     from emotrain.evaluation.report_file import EvalReport
     from emotrain.evaluation.trained_model import trained_weights
-    from emotrain.provenance import PROVENANCE, DataProvenance, checked_shards
+    from emotrain.data.provenance import PROVENANCE, DataProvenance, checked_shards
     from emotrain.training.rundir import RunDir
 
     run = RunDir(run_dir).require()

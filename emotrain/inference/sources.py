@@ -109,7 +109,7 @@ def predict_shards(predictor: Predictor, shards: Path, split: str, rank: int = 0
     """Collective: predict every turn of ``shards/split``; rank 0 gets the turns and the summary, others None."""
     from emotrain.data.manifest import Manifest
 
-    from emotrain.provenance import check_bundle_shards
+    from emotrain.data.provenance import check_bundle_shards
 
     device = device or torch.device("cpu")
     manifest = Manifest.load(shards, split)

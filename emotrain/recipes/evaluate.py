@@ -68,7 +68,7 @@ def evaluate_run(run_dir: Path, request: EvalRequest, env: DistEnv, device: torc
     from emotrain.evaluation.scoring import evaluate_model, write_evaluation
     from emotrain.evaluation.trained_model import load_trained_model
     from emotrain.data.manifest import Manifest
-    from emotrain.provenance import check_splits_agree, checked_shards, record_scored
+    from emotrain.data.provenance import check_splits_agree, checked_shards, record_scored
     from emotrain.training.rundir import RunDir
 
     run = RunDir(run_dir)

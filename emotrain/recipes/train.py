@@ -49,7 +49,7 @@ from emotrain.training.deepspeed_config import use_bf16
 from emotrain.training.engine import fit
 from emotrain.training.losses import build_loss
 from emotrain.training.run_config import RunConfig
-from emotrain.provenance import check_splits_agree, folder_identity, record_training
+from emotrain.data.provenance import check_splits_agree, folder_identity, record_training
 
 log = get_logger(__name__)
 

@@ -42,7 +42,7 @@ def launch(nproc: int, args: list[str]) -> None:
                "-m", "emotrain.cli", *args]
     else:
         cmd = [sys.executable, "-m", "emotrain.cli", *args]
-    from emotrain.childproc import run_passing_through
+    from emotrain.recipes.childproc import run_passing_through
 
     code, reason = run_passing_through(cmd, child_env(nproc))
     if code != 0:  # the child's own one line when it wrote one (what point.json records), else the command

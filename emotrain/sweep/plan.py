@@ -4,7 +4,7 @@ Each point's run configs (and, for a pair, its fusion config) are loaded with ex
 training will get, so an unknown key or a value of the wrong type in ``grid``, ``settings`` or
 ``overrides`` stops ``sweep run`` with one line before anything is trained, instead of failing every
 point's training in turn. The resolved configs, with the fingerprints of the shards they name
-(:mod:`emotrain.provenance`), are what ``point.json`` records; a re-run whose file now resolves a point
+(:mod:`emotrain.data.provenance`), are what ``point.json`` records; a re-run whose file now resolves a point
 differently (other overrides, other shards) is refused with one line naming the point and the keys: a
 completed point is never reported under settings it did not run.
 """
@@ -42,7 +42,7 @@ def resolve_point(cfg: SweepConfig, point: Point) -> dict[str, Any]:
 def data_of(resolved: dict[str, Any], models: tuple[str, ...]) -> dict[str, dict[str, str]] | None:
     """The fingerprints of the shards each model of a point trains on (None where they are not packed yet)."""
     from emotrain.data.manifest import Manifest
-    from emotrain.provenance import DataProvenance
+    from emotrain.data.provenance import DataProvenance
 
     out = {}
     for model in models:
