@@ -75,7 +75,7 @@ def test_sweep_runs_skips_completed_points_and_resumes_the_killed_one(split_shar
         assert status["status"] == "failed" and "step failed" in status["error"]
         assert "emotrain train: error: no manifest at" in status["error"]  # the child's own line, not its command
     assert "point broken/seed0 FAILED" in output
-    assert not (killed / "point.json").exists()
+    assert read(killed / "point.json")["status"] == "running"  # started (its configs recorded), never ended
     before = {p: ((p / "point.json").stat().st_mtime_ns, (p / "run" / "status.json").stat().st_mtime_ns) for p in done}
 
     second = subprocess.run(sweep_cmd(file, out), env=child_env(), cwd=REPO, capture_output=True, text=True,
