@@ -47,7 +47,7 @@ from emotrain.errors import UserError
 RUN_GONE = "run folder removed"  # a stop reason only inside fit: it raises a UserError
 
 
-def folder_identity(path: Path) -> tuple[int, int] | None:
+def _folder_id(path: Path) -> tuple[int, int] | None:
     """(device, inode) of a folder, None when it is not there."""
     try:
         st = path.stat()
@@ -59,7 +59,7 @@ def folder_identity(path: Path) -> tuple[int, int] | None:
 def same_folder(path: Path, identity: tuple[int, int] | None) -> bool:
     """The run folder is still the one this launch began in: not removed, and not removed and made again (a
     checkpoint save after the removal would recreate the path, and the run would go on writing into it)."""
-    return identity is not None and folder_identity(path) == identity
+    return identity is not None and _folder_id(path) == identity
 
 EXIT_CODES = {COMPLETED: 0, PREEMPTED: 0, NONFINITE: 3}
 
@@ -210,7 +210,7 @@ def fit(
     if result.resumed_from is not None:  # what a requeued job's log must say first: where it picked up
         log.message(f"train: resumed from step {state.step} ({result.checkpoint})")
     batches = iter(batches_from(state))
-    folder_id = folder_identity(run_dir)
+    folder_id = _folder_id(run_dir)
     window, consecutive_bad, micro_in_step, step_loss = _Window(), 0, 0, 0.0
     engine.train()
 
