@@ -11,7 +11,12 @@ across ranks at the next step and saves there (see ``engine.fit``).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -25,10 +30,11 @@ def ignore_stop_notices(worker_id: int = 0) -> None:
     to every process of the step, loader workers included. By default it kills a worker, and the
     training process then fails on the lost worker ("DataLoader worker exited unexpectedly")
     before it can checkpoint. A worker still ends with its training process: the DataLoader shuts
-    it down, and it exits by itself when that process dies.
+    it down, and when that process dies without doing so the kernel ends it (:func:`die_with_parent`).
     """
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    die_with_parent()  # ignoring the signals, it must still end with the fork server (and so the trainer)
 
 
 @contextlib.contextmanager
@@ -66,3 +72,47 @@ class StopRequest:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+# Helper processes end with the process they serve.
+#
+# The loader's fork server and its workers ignore the stop signals by design (the training process acts on a
+# SIGTERM: it checkpoints first, see StopRequest above), so a signal cannot end them, and a
+# training process that dies without shutting its loader down (``kill -9``, a crash, a SIGTERM with the default
+# action) would leave them behind as orphans. :func:`die_with_parent` makes the kernel kill a process when its
+# parent exits (Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; elsewhere a daemon thread that watches the parent
+# id). Applied to the fork server (parent: the training process) and to every worker (parent: the fork server),
+# it leaves nothing once the training process is gone, however it went.
+
+PR_SET_PDEATHSIG = 1
+PARENT_ENV = "EMOTRAIN_LOADER_PARENT"  # the pid whose fork server this is (see stream.build_loader)
+
+
+def die_with_parent() -> None:
+    """Be killed (SIGKILL) as soon as the parent process exits; exit now if it already has."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            _watch(parent)
+    else:
+        _watch(parent)
+    if os.getppid() != parent:  # the parent died before the request took hold
+        os._exit(1)
+
+
+def _watch(parent: int) -> None:
+    def poll() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=poll, name="emotrain-parent-watch", daemon=True).start()
+
+
+def fork_server_dies_with_parent() -> None:
+    """In the loader's fork server (imported with its preload): die with the training process that started it.
+    Any other process importing the preload (whose parent is not the one recorded) is left alone."""
+    expected = os.environ.get(PARENT_ENV)
+    if expected is not None and expected == str(os.getppid()):
+        die_with_parent()

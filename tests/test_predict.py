@@ -211,6 +211,10 @@ def test_bad_bundles_and_inputs_are_one_line(system, tmp_path, capsys):
         load_bundle(broken)
     (broken / "bundle.json").write_text(json.dumps(info))
     shutil.copy(broken / "video" / "model.safetensors", broken / "audio" / "model.safetensors")
+    with pytest.raises(UserError, match="audio/model.safetensors changed since the bundle was made"):
+        load_bundle(broken)
+    info["files"]["audio/model.safetensors"] = info["files"]["video/model.safetensors"]  # the checksums made to agree
+    (broken / "bundle.json").write_text(json.dumps(info))
     with pytest.raises(UserError, match="does not fit the audio model"):
         load_bundle(broken)
     for args in ([tmp_path / "nope", "--avamerg", system["corpus"]], [system["bundle"], "--avamerg", tmp_path / "nope"],

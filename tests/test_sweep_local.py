@@ -1,5 +1,6 @@
 """`emotrain sweep run` here, end to end, as a user runs it: 2 settings x 2 seeds of model B's tiny config
-(one CPU process each), plus a setting that fails. The first run is killed (SIGKILL to the whole process
+(one CPU process each), plus a setting that fails at run time (its shards are missing; a bad key would be
+refused before any point runs). The first run is killed (SIGKILL to the whole process
 group) in the middle of the last point's training; a re-run skips the completed points, resumes that
 one from its checkpoint and completes it; a third run does nothing. The failing setting is reported
 and does not stop the others.
@@ -32,7 +33,7 @@ def sweep_file(tmp_path: Path, shards: Path) -> Path:
                       "train.warmup_samples=0", "train.lr=2e-3", "train.encoder_lr=2e-3", "data.num_workers=0",
                       "eval_batch_size=8"],
         "settings": [{"name": "short", "set": {"train.total_samples": 16 * SHORT}},
-                     {"name": "broken", "set": {"train.no_such_key": 1}},
+                     {"name": "broken", "set": {"data.shards": str(tmp_path / "no_shards")}},
                      {"name": "long", "set": {"train.total_samples": 16 * LONG}}],
     }))
     return path
@@ -72,8 +73,9 @@ def test_sweep_runs_skips_completed_points_and_resumes_the_killed_one(split_shar
     for seed in (0, 1):  # the failing setting: reported, and the sweep went on
         status = read(point(out, "broken", seed) / "point.json")
         assert status["status"] == "failed" and "step failed" in status["error"]
+        assert "emotrain train: error: no manifest at" in status["error"]  # the child's own line, not its command
     assert "point broken/seed0 FAILED" in output
-    assert not (killed / "point.json").exists()
+    assert read(killed / "point.json")["status"] == "running"  # started (its configs recorded), never ended
     before = {p: ((p / "point.json").stat().st_mtime_ns, (p / "run" / "status.json").stat().st_mtime_ns) for p in done}
 
     second = subprocess.run(sweep_cmd(file, out), env=child_env(), cwd=REPO, capture_output=True, text=True,

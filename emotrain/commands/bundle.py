@@ -28,16 +28,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from emotrain.inference.bundle import fusion_from_report, source_from_run, write_bundle
 
+    from emotrain.files import replaced_folder
+
     runs = {name: path for name, path in (("audio", args.audio), ("video", args.video)) if path is not None}
     if not runs:
         raise UserError("give --audio RUN and/or --video RUN")
     if len(runs) == 2 and args.fusion is None:
         raise UserError("two models need --fusion REPORT (the `emotrain fuse --out` folder fitted on them)")
-    fusion, temperatures = None, None
-    if args.fusion is not None:
-        bundled, temperatures = fusion_from_report(args.fusion, runs)
-        fusion = bundled if len(runs) == 2 else None
-    sources = {name: source_from_run(path, last=args.last) for name, path in runs.items()}
-    out = write_bundle(args.out, sources, fusion, temperatures)
-    print(json.dumps({"bundle": str(out), "models": sorted(sources), "fusion": fusion.strategy if fusion else None}))
+    if args.out.exists():
+        raise UserError(f"{args.out} exists: bundle into a new folder (or remove it)")
+    with replaced_folder(args.out) as staging:  # checked before the work; a half-written bundle never sits at --out
+        fusion, temperatures = None, None
+        if args.fusion is not None:
+            bundled, temperatures = fusion_from_report(args.fusion, runs)
+            fusion = bundled if len(runs) == 2 else None
+        sources = {name: source_from_run(path, last=args.last) for name, path in runs.items()}
+        write_bundle(staging, sources, fusion, temperatures)
+    print(json.dumps({"bundle": str(args.out), "models": sorted(sources), "fusion": fusion.strategy if fusion else None}))
     return 0

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "validated, else the newest)")
     parser.add_argument("--last", action="store_true", help="score the newest checkpoint instead of the best")
     parser.add_argument("--batch-size", type=int, help="turns per batch (default: the run's eval batch size)")
+    parser.add_argument("--shards", type=Path, help="the runs' shards folder when it moved (checked: it must hold the "
+                        "splits they were trained against)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -29,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
     from emotrain.recipes.evaluate import EvalRequest, evaluate_runs
 
     evaluate_runs(EvalRequest(list(args.run_dirs), list(args.splits), args.checkpoint, args.last, args.batch_size,
-                              progress=not args.no_progress))
+                              progress=not args.no_progress, shards=args.shards))
     return 0

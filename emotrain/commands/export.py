@@ -16,10 +16,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emotrain.evaluation.export import CONFIG, export_weights
+    from emotrain.evaluation.export import CONFIG, WEIGHTS, export_weights
     from emotrain.training.rundir import RunDir
 
+    from emotrain.errors import UserError
+    from emotrain.files import replaced_folder
+
     out = args.out or RunDir(args.run).export_dir
-    target = export_weights(args.run, out, args.tag, args.last)
-    print(json.dumps({"weights": str(target), "config": str(out / CONFIG)}))
+    if args.run.resolve() == out.resolve() or args.run.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"--out {out} holds the run {args.run}: export into a folder of its own")
+    with replaced_folder(out) as staging:  # written as one unit: an earlier export's files do not stay
+        export_weights(args.run, staging, args.tag, args.last)
+    print(json.dumps({"weights": str(out / WEIGHTS), "config": str(out / CONFIG)}))
     return 0

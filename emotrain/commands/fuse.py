@@ -31,11 +31,14 @@ def run(args: argparse.Namespace) -> int:
     from emotrain.fusion.pipeline import FusionConfig, fuse_runs
     from emotrain.fusion.runs import load_run
 
+    from emotrain.files import replaced_folder
+
     config = load_config(FusionConfig, args.config, args.overrides)
-    audio, video = load_run(args.audio), load_run(args.video)
-    result = fuse_runs(audio, video, config)
     out = args.out or Path("reports") / f"fuse-{args.audio.resolve().name}-{args.video.resolve().name}"
-    write_outputs(result, config, args.audio, args.video, out, args.tensorboard)
+    with replaced_folder(out) as staging:  # checked before the work; an earlier report's files do not stay
+        audio, video = load_run(args.audio), load_run(args.video)
+        result = fuse_runs(audio, video, config)
+        write_outputs(result, config, args.audio, args.video, staging, args.tensorboard)
     print(render_markdown(result, args.audio, args.video))
     print(f"wrote {out / 'fusion.json'}, {out / 'fusion.md'}, {out / 'fusion.png'}")
     return 0

@@ -47,14 +47,29 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from emotrain.files import replaced_folder
+    from emotrain.training import distributed as dist
+
+    _check(args)
+    env = dist.read_env()
+    # Rank 0 writes: its output folder is checked (and a fresh one made beside it) before any work.
+    with replaced_folder(args.out) if env.rank == 0 else contextlib.nullcontext(None) as staging:
+        _predict(args, env, staging)
+    if env.rank == 0:
+        print(f"predictions: {args.out / 'predictions.jsonl'}{'  ' + str(args.out / 'predictions.csv') if args.csv else ''}"
+              f"  summary: {args.out / 'summary.json'}")
+    return 0
+
+
+def _predict(args: argparse.Namespace, env, staging: Path | None) -> None:  # noqa: ANN001 - a DistEnv
     from emotrain.data.avamerg import MediaDirs
     from emotrain.inference.outputs import PredictOutput
     from emotrain.inference.predict import Predictor
     from emotrain.inference.sources import predict_folder, predict_shards
     from emotrain.training import distributed as dist
 
-    _check(args)
-    env = dist.read_env()
     device = dist.init_distributed(env) if env.world_size > 1 else dist.device_for(env)
     progress = not args.no_progress
     try:
@@ -68,10 +83,7 @@ def run(args: argparse.Namespace) -> int:
                                     args.workers)
     finally:
         dist.shutdown()
-    if result is not None:
+    if result is not None and staging is not None:
         turns, summary = result
-        output = PredictOutput(args.out)
-        output.write(turns, predictor.classes, summary, args.csv)
+        PredictOutput(staging).write(turns, predictor.classes, summary, args.csv)
         print(summary.line())
-        print(f"predictions: {output.jsonl}{'  ' + str(output.csv) if args.csv else ''}  summary: {output.summary}")
-    return 0

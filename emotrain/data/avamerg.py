@@ -20,8 +20,9 @@ from typing import Any
 from emotrain.data.schema import ROLES
 from emotrain.errors import UserError
 
-# Conversation ids become shard keys and file names: no dots, no separators.
-SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Conversation ids become shard keys and file names: no dots, no separators (matched whole, with
+# fullmatch: ``$`` would also match before a final newline).
+SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PROFILE_KEYS = ("ID", "age", "gender", "timbre")
 CHAIN_TEXT_KEYS = ("event_scenario", "emotion_cause", "goal_to_response")
 EMPTY_TURNS = "empty turn list"
@@ -119,7 +120,19 @@ def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise RecordError(f"{what} should be {names}, got {type(value).__name__}")
+    if isinstance(value, str):
+        _representable(value, what)
     return value
+
+
+def _representable(text: str, what: str) -> None:
+    """JSON may carry a lone surrogate (``"\\ud800"``) that no UTF-8 file, tar member or tokenizer can hold:
+    the record is skipped with this reason instead of failing later with a UnicodeEncodeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise RecordError(f"{what} holds a lone surrogate (U+{ord(text[err.start]):04X} at character {err.start}), "
+                          "which UTF-8 cannot represent") from None
 
 
 def _text(value: Any, what: str) -> str:
@@ -191,7 +204,7 @@ def parse_conversation(raw: Any) -> tuple[Conversation, list[Skipped]]:
     if isinstance(cid, int) and not isinstance(cid, bool):
         cid = str(cid)
     _expect(cid, str, "conversation_id")
-    if not SAFE_ID.match(cid):
+    if not SAFE_ID.fullmatch(cid):
         raise RecordError(f"conversation_id {cid!r} is unsafe as a file name or shard key")
     conversation = Conversation(
         conversation_id=cid,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from emotrain.data.avamerg import Conversation, MediaDirs, Utterance
 
-CLIP_NAME = re.compile(r"^dia(?P<cid>[A-Za-z0-9-]+?)utt(?P<index>\d+)_(?P<id>\d+)\.(?P<ext>wav|mp4)$")
+CLIP_NAME = re.compile(r"dia(?P<cid>[A-Za-z0-9-]+?)utt(?P<index>\d+)_(?P<id>\d+)\.(?P<ext>wav|mp4)")  # fullmatch: no "\n"
 EXTENSIONS = ("wav", "mp4")
 AMBIGUOUS = "files match"  # in the note of a clip found among several candidates
 
@@ -37,7 +37,7 @@ def index_names(names: Iterable[str]) -> dict[tuple[str, int, str], list[str]]:
     """(conversation id, utterance index, extension) -> the clip names that fit, sorted."""
     found: dict[tuple[str, int, str], list[str]] = {}
     for name in names:
-        match = CLIP_NAME.match(name)
+        match = CLIP_NAME.fullmatch(name) if isinstance(name, str) else None
         if match:
             found.setdefault((match["cid"], int(match["index"]), match["ext"]), []).append(name)
     return {key: sorted(value) for key, value in found.items()}
@@ -148,21 +148,30 @@ class MemoryClips(ClipSource):
     """Clips handed over as bytes (the Python API), keyed by their corpus file names."""
 
     files: Mapping[str, bytes]
+    used: set[str] = field(default_factory=set, repr=False)  # the names a read looked up
 
     def _names_for(self, ext: str) -> dict[tuple[str, int, str], list[str]]:
         return index_names(self.files)
 
     def _read(self, name: str, ext: str) -> tuple[bytes | None, str]:
+        self.used.add(name)
         data = self.files.get(name)
         if data is None:
             return None, "missing file"
+        if not isinstance(data, (bytes, bytearray, memoryview)):  # a path or text given for the clip's bytes
+            return None, f"not bytes (a {type(data).__name__} was given; pass the file's contents)"
         if not data:
             return None, "zero-byte file"
         return bytes(data), ""
 
+    def unused(self) -> list[str]:
+        """Names handed over that no read looked up (a typo, another conversation's clip): reported, not ignored."""
+        return sorted(str(name) for name in self.files if name not in self.used)
+
     def size(self, conv: Conversation, utt: Utterance, ext: str) -> int:
         name, _ = self.locate(conv, utt, ext)
-        return len(self.files.get(name, b"")) if name else 0
+        data = self.files.get(name, b"") if name else b""
+        return len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
 
     def signature(self, conv: Conversation, utt: Utterance, ext: str) -> str:
         return f"{self.locate(conv, utt, ext)[0]}:{self.size(conv, utt, ext)}"

@@ -45,12 +45,14 @@ context texts, C distinct clips, L token lengths):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
+import os
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -92,6 +94,23 @@ def init_worker(worker_id: int) -> None:
     setup_logging()
 # What loader workers import, loaded once by the fork server (a name that fails to import is skipped).
 WORKER_PRELOAD = [__name__, "emotrain.data.worker_preload"]
+
+
+@contextlib.contextmanager
+def _fork_server_parent() -> Iterator[None]:
+    """While the fork server starts: tell it (through its environment) which process it serves, so that it
+    dies with that process (:func:`emotrain.signals.fork_server_dies_with_parent`)."""
+    from emotrain.signals import PARENT_ENV
+
+    before = os.environ.get(PARENT_ENV)
+    os.environ[PARENT_ENV] = str(os.getpid())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = before
 
 
 @dataclass
@@ -531,7 +550,7 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
         # The fork server must outlive a SIGTERM to every process of the job. The resource tracker it
         # starts first unblocks SIGTERM in this process once it runs, so it is started beforehand.
         multiprocessing.resource_tracker.ensure_running()
-        with stop_signals_blocked():
+        with stop_signals_blocked(), _fork_server_parent():
             multiprocessing.forkserver.ensure_running()
         kwargs.update(multiprocessing_context=FORKSERVER, prefetch_factor=4, persistent_workers=False,
                       worker_init_fn=init_worker)

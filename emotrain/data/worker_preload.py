@@ -5,5 +5,9 @@
 validation pass builds one). Resolving the tokenizer classes here does it once per process tree.
 """
 
-import decord  # noqa: F401
-from transformers import AutoTokenizer, BertTokenizerFast  # noqa: F401
+from emotrain.signals import fork_server_dies_with_parent
+
+fork_server_dies_with_parent()  # first: a fork server whose training process is gone must not linger
+
+import decord  # noqa: F401, E402
+from transformers import AutoTokenizer, BertTokenizerFast  # noqa: F401, E402

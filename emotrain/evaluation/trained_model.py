@@ -62,11 +62,15 @@ def trained_weights(run: RunDir, tag: str | None, last: bool = False) -> tuple[d
     return fp32_state_dict(run.root, tag), tag, kind
 
 
-def load_trained_model(run_dir: str | Path, tag: str | None, device: torch.device, last: bool = False) -> TrainedModel:
+def load_trained_model(run_dir: str | Path, tag: str | None, device: torch.device, last: bool = False,
+                       shards: str | None = None) -> TrainedModel:
     """The run's model with a checkpoint's weights (every key must match), in eval mode on ``device``:
-    ``tag``, else the best checkpoint when the run has one (``last``: the newest); an export folder's weights."""
+    ``tag``, else the best checkpoint when the run has one (``last``: the newest); an export folder's weights.
+    ``shards``: its shards' folder when they moved (checked by :func:`emotrain.data.provenance.checked_shards`)."""
     run = RunDir(run_dir).require()
     cfg = run.read_config()
+    if shards is not None:
+        cfg.data.shards = shards
     weights, tag, kind = trained_weights(run, tag, last)
     manifest = Manifest.load(cfg.data.shards, "train")
     classes = manifest.classes

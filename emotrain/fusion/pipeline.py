@@ -122,6 +122,9 @@ def check_kinds(audio: RunPredictions, video: RunPredictions) -> None:
 
 def fuse_runs(a: RunPredictions, b: RunPredictions, config: FusionConfig) -> FusionResult:
     """Fit every strategy on val (keys both models scored), pick one by val macro-F1, score all on test."""
+    from emotrain.data.provenance import check_fusable
+
+    check_fusable(a.path, b.path)  # scored on the splits they were trained against, the same for both
     check_kinds(a, b)
     classes = check_same_classes(a, b)
     val = align(a.splits[VAL], b.splits[VAL], VAL)

@@ -16,12 +16,18 @@ Layout (the one place it is spelled out)::
 
 Only JSON, YAML and safetensors are read back: nothing in a bundle is unpickled. A bundle with
 one model predicts with that model alone.
+
+A bundle is self-contained and says what its weights mean (see :mod:`emotrain.inference.bundle_files`):
+every path its YAML names resolves to a folder inside it, ``bundle.json`` holds the sha256 of every file of
+the model folders (checked at load), and the class order and the vocabularies' checksum are stored in each
+``model.safetensors`` too, so reordering the classes in ``bundle.json`` is refused instead of relabelling
+every prediction. Temperatures and fusion parameters must be finite.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,11 +40,12 @@ from emotrain.data.manifest import Manifest
 from emotrain.data.stream import DataConfig, Modalities
 from emotrain.errors import UserError
 from emotrain.fusion.pipeline import FusionConfig, restore_strategy
+from emotrain.inference.bundle_files import file_checksums, inside, sha256_file, verify_files
 from emotrain.names import FUSION_ROLES, ROLE_OF_KIND, VAL
 from emotrain.labels import LabelScheme
 from emotrain.models import ModelConfig
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: file checksums in bundle.json, classes in the weights' metadata
 INFO_FILE = "bundle.json"
 WEIGHTS_FILE, MODEL_FILE, DATA_FILE, VOCAB_FILE, TOKENIZER_DIR, ENCODERS_DIR = (
     "model.safetensors", "model.yaml", "data.yaml", "vocab.json", "tokenizer", "encoders")
@@ -60,8 +67,8 @@ class BundledModel:
     def validate(self) -> None:
         if self.kind not in KIND_OF.values():
             raise ValueError(f"kind must be one of {sorted(KIND_OF.values())}, got {self.kind!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
 
@@ -87,6 +94,7 @@ class BundleInfo:
     models: dict[str, BundledModel]
     fusion: BundledFusion | None = None
     versions: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # sha256 of every file of the model folders
 
     def validate(self) -> None:
         if self.format != BUNDLE_FORMAT:
@@ -102,6 +110,21 @@ class BundleInfo:
             raise ValueError("a fusion needs both an audio and a video model")
         if list(self.scheme.classes) != list(self.classes):
             raise ValueError("classes differ from the label scheme's")
+        if self.fusion is not None:
+            check_finite(self.fusion.params, "fusion.params")
+
+
+def check_finite(value: Any, where: str) -> None:
+    """Every number in a (nested) parameter structure is finite: a NaN or infinite temperature or weight
+    would turn every prediction into NaN or one class."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_finite(item, f"{where}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}: parameters must be finite")
 
 
 @dataclass
@@ -122,13 +145,17 @@ def source_from_run(run_dir: Path, tag: str | None = None, last: bool = False) -
     """A run's (or an ``emotrain export`` folder's) model: its weights, config, and its shards' vocabularies and scheme."""
     from emotrain.evaluation.report_file import EvalReport
     from emotrain.evaluation.trained_model import trained_weights
+    from emotrain.data.provenance import PROVENANCE, DataProvenance, checked_shards
     from emotrain.training.rundir import RunDir
 
     run = RunDir(run_dir).require()
     cfg = run.read_config()
+    shards = checked_shards(run.root, cfg.data.shards, [])  # the vocabularies and scheme must be the training's
     weights, tag, kind = trained_weights(run, tag, last)
-    manifest = Manifest.load(cfg.data.shards, "train")
-    source: dict[str, Any] = {"run": str(run.root.resolve()), "checkpoint": tag, "checkpoint_kind": kind}
+    manifest = Manifest.load(shards, "train")
+    data = DataProvenance.read(run.root / PROVENANCE) or DataProvenance.of(shards)
+    source: dict[str, Any] = {"run": str(run.root.resolve()), "checkpoint": tag, "checkpoint_kind": kind,
+                              "data": data.to_dict()}
     if run.eval_report(VAL).is_file():  # not evaluated on val: the bundle says nothing about it
         val = EvalReport.load(run.eval_report(VAL)).metrics(VAL)
         source[VAL] = {k: val[k] for k in ("accuracy", "macro_f1", "nll", "n") if k in val}
@@ -142,6 +169,13 @@ def fusion_from_report(report_dir: Path, runs: dict[str, Path]) -> tuple[Bundled
     from emotrain.fusion.fusion_file import FUSION_FILE, FusionSummary
 
     summary = FusionSummary.load(report_dir)
+    try:
+        check_finite(summary.chosen_params, "params")
+        for name in FUSION_ROLES:
+            if not math.isfinite(summary.temperature(name)):
+                raise ValueError(f"the {name} temperature is {summary.temperature(name)}")
+    except ValueError as err:
+        raise UserError(f"{report_dir / FUSION_FILE}: {err}: parameters must be finite") from None
     for name, run in runs.items():
         if summary.fitted_on(name).resolve() != run.resolve():
             raise UserError(f"{report_dir / FUSION_FILE} was fitted on {name} run {summary.fitted_on(name)}, not {run}")
@@ -170,43 +204,45 @@ def _write_yaml(path: Path, data: Any) -> None:
     path.write_text(yaml.safe_dump(to_dict(data), sort_keys=False), encoding="utf-8")
 
 
-def write_bundle(out: Path, sources: dict[str, ModelSource], fusion: BundledFusion | None,
+def write_bundle(tmp: Path, sources: dict[str, ModelSource], fusion: BundledFusion | None,
                  temperatures: dict[str, float] | None = None) -> Path:
-    """Write a bundle of ``sources`` (name -> model) and the fusion into ``out`` (which must not exist yet);
-    written beside and renamed, so a half-written bundle never sits at ``out``."""
+    """Write a bundle of ``sources`` (name -> model) and the fusion into the empty folder ``tmp`` (the staging
+    folder of :func:`emotrain.files.replaced_folder`, swapped in for the bundle's place when it is complete)."""
     from emotrain.data.text import load_tokenizer
     from emotrain.evaluation.export import save_weights
     from emotrain.training.runlog import versions
 
-    if out.exists():
-        raise UserError(f"{out} exists: bundle into a new folder (or remove it)")
     schemes = {name: src.scheme.to_dict() for name, src in sources.items()}
     if len({json.dumps(s, sort_keys=True) for s in schemes.values()}) > 1:
         raise UserError(f"the models were trained under different label schemes: {schemes}")
     scheme = next(iter(sources.values())).scheme
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     models: dict[str, BundledModel] = {}
     for name, src in sources.items():
         if src.model.kind != KIND_OF[name]:
             raise UserError(f"the {name} model is a {src.model.kind} run, not {KIND_OF[name]}")
         folder = tmp / name
         folder.mkdir(parents=True)
-        save_weights(src.weights, folder / WEIGHTS_FILE, {"run": str(src.source.get("run", ""))})
+        vocab_text = json.dumps(src.vocab, ensure_ascii=False) + "\n"
+        (folder / VOCAB_FILE).write_text(vocab_text, encoding="utf-8")
+        # What the weights mean, stored with them: the class order and the vocabularies they were trained with.
+        save_weights(src.weights, folder / WEIGHTS_FILE, {
+            "run": str(src.source.get("run", "")), "classes": json.dumps(list(scheme.classes)),
+            "vocab_sha256": sha256_file(folder / VOCAB_FILE)})
         load_tokenizer(src.data.text.tokenizer).save_pretrained(str(folder / TOKENIZER_DIR))
         _write_yaml(folder / MODEL_FILE, _write_encoder_configs(src.model, folder))
         data = replace(src.data, shards="", text=replace(src.data.text, tokenizer=TOKENIZER_DIR))
         _write_yaml(folder / DATA_FILE, data)
         temperature = (temperatures or {}).get(name)
-        (folder / VOCAB_FILE).write_text(json.dumps(src.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
         models[name] = BundledModel(src.model.kind, temperature or 1.0, temperature is not None, src.batch_size,
                                     src.bf16, src.source)
-    info = BundleInfo(BUNDLE_FORMAT, list(scheme.classes), scheme, models, fusion, versions())
-    info.validate()
+    info = BundleInfo(BUNDLE_FORMAT, list(scheme.classes), scheme, models, fusion, versions(),
+                      file_checksums(tmp, list(sources)))
+    try:
+        info.validate()
+    except ValueError as err:
+        raise UserError(f"cannot bundle: {err}") from None
     (tmp / INFO_FILE).write_text(json.dumps(to_dict(info), indent=1) + "\n", encoding="utf-8")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
-    return out
+    return tmp
 
 
 @dataclass
@@ -272,7 +308,24 @@ def _warn_versions(info: BundleInfo) -> None:
             get_logger(__name__).warning(f"emotrain: warning: the bundle was made with {name} {want}, this is {have}")
 
 
-def _load_model(root: Path, name: str, entry: BundledModel, num_classes: int, device: Any) -> LoadedModel:
+def _check_meaning(weights_path: Path, classes: list[str], vocab_path: Path) -> None:
+    """The class order and vocabularies stored with the weights are those ``bundle.json`` and ``vocab.json`` give."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights_path), "pt") as handle:
+        meta = handle.metadata() or {}
+    try:
+        trained = json.loads(meta.get("classes", "null"))
+    except ValueError:
+        trained = None
+    if trained != list(classes):
+        raise UserError(f"{weights_path} was trained on the classes {trained} (in that order), but {INFO_FILE} lists "
+                        f"{list(classes)}: the class order belongs to the weights; make the bundle again")
+    if meta.get("vocab_sha256") != sha256_file(vocab_path):
+        raise UserError(f"{vocab_path} is not the vocabulary {weights_path.name} was trained with")
+
+
+def _load_model(root: Path, name: str, entry: BundledModel, classes: list[str], device: Any) -> LoadedModel:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -287,15 +340,20 @@ def _load_model(root: Path, name: str, entry: BundledModel, num_classes: int, de
         check_inputs_fit(model_cfg, data_cfg)
     except (ConfigError, ValueError) as err:
         raise UserError(f"{folder}: {err}") from None
+    inside(root, folder, data_cfg.text.tokenizer, "tokenizer")
+    for part in ENCODER_KINDS:
+        spec = getattr(model_cfg, part)
+        inside(root, folder, spec.pretrained if spec is not None else None, f"{part} encoder", "config.json")
     vocab = _read_vocab(folder / VOCAB_FILE)
     if model_cfg.kind != entry.kind:
         raise UserError(f"{folder / MODEL_FILE}: a {model_cfg.kind} model, but {INFO_FILE} says {entry.kind}")
     weights_path = folder / WEIGHTS_FILE
     try:
         weights = load_file(str(weights_path))
+        _check_meaning(weights_path, classes, folder / VOCAB_FILE)
     except (SafetensorError, OSError) as err:
         raise UserError(f"{weights_path}: not a readable safetensors file ({err})") from None
-    module = build_model(model_cfg, num_classes, meta_vocab_sizes(vocab), load_weights=False)
+    module = build_model(model_cfg, len(classes), meta_vocab_sizes(vocab), load_weights=False)
     try:
         module.load_state_dict(weights, strict=True)
     except RuntimeError as err:
@@ -324,9 +382,10 @@ def load_bundle(root: str | Path, device: Any = None) -> Bundle:
 
     root = Path(root)
     info = read_info(root)
+    verify_files(root, list(info.models), info.files)
     _warn_versions(info)
     device = device or torch.device("cpu")
-    models = {name: _load_model(root, name, entry, len(info.classes), device) for name, entry in info.models.items()}
+    models = {name: _load_model(root, name, entry, info.classes, device) for name, entry in info.models.items()}
     strategy = None
     if info.fusion is not None:
         try:

@@ -205,7 +205,11 @@ class Predictor:
             if str(err) == EMPTY_TURNS:  # the official test.json holds such conversations: nothing to predict
                 return ConversationPrediction([], [Skipped("conversation", cid, EMPTY_TURNS)])
             raise UserError(f"conversation {cid!r}: {err}") from None
-        sample, clip_skips = encode(conversation, clip_source(media))
+        clips = clip_source(media)
+        sample, clip_skips = encode(conversation, clips)
+        if isinstance(clips, MemoryClips):
+            clip_skips += [Skipped("clip", name, "no utterance of this conversation uses this name: not read")
+                           for name in clips.unused()]
         counter = SkipCounter(keep_reasons=True)
         turns = self.combine(self.score_samples([sample], counter, batch_size))
         return ConversationPrediction(turns, skipped + clip_skips + counter_skips(counter))

@@ -109,8 +109,11 @@ def predict_shards(predictor: Predictor, shards: Path, split: str, rank: int = 0
     """Collective: predict every turn of ``shards/split``; rank 0 gets the turns and the summary, others None."""
     from emotrain.data.manifest import Manifest
 
+    from emotrain.data.provenance import check_bundle_shards
+
     device = device or torch.device("cpu")
     manifest = Manifest.load(shards, split)
+    check_bundle_shards({name: entry.source for name, entry in predictor.bundle.info.models.items()}, shards, split)
     scored, counts = predictor.score_shards(manifest, rank, world_size, num_workers, progress)
     gathered = _gather_scores(scored, device)
     loader_skips = [Skipped("loader", f"{split} shards", f"{n} {kind} (see the log for each)")

@@ -34,6 +34,7 @@ class EvalRequest:
     last: bool = False
     batch_size: int | None = None
     progress: bool = True
+    shards: Path | None = None  # the runs' shards folder when it moved (checked by fingerprint)
 
     def validate(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -66,10 +67,15 @@ def evaluate_run(run_dir: Path, request: EvalRequest, env: DistEnv, device: torc
     """Score the requested splits with one run's model (collective: every rank calls it)."""
     from emotrain.evaluation.scoring import evaluate_model, write_evaluation
     from emotrain.evaluation.trained_model import load_trained_model
+    from emotrain.data.manifest import Manifest
+    from emotrain.data.provenance import check_splits_agree, checked_shards, record_scored
     from emotrain.training.rundir import RunDir
 
     run = RunDir(run_dir)
-    loaded = load_trained_model(run.root, request.checkpoint, device, last=request.last)
+    # Refused before any work when the shards changed since training (a repack's "test" may be training data).
+    shards = checked_shards(run.root, run.read_config().data.shards, list(request.splits), request.shards)
+    check_splits_agree(shards, Manifest.load(shards, "train"))
+    loaded = load_trained_model(run.root, request.checkpoint, device, last=request.last, shards=shards)
     extra = {"run": str(run), "checkpoint": loaded.tag, "checkpoint_kind": loaded.kind, "model": loaded.config.model.kind,
              "text_inputs": {"utterances": True, "context_fields": list(loaded.config.data.text.context_fields)}}
     for split in dict.fromkeys(request.splits):
@@ -80,5 +86,6 @@ def evaluate_run(run_dir: Path, request: EvalRequest, env: DistEnv, device: torc
         )
         if scored is not None:
             metrics = write_evaluation(run, split, scored, loaded.classes, extra, loaded.step)
+            record_scored(run.root, split, shards)
             log.info(f"{loaded.config.model.kind} {summary_line(split, metrics)}  [{loaded.kind} checkpoint {loaded.tag}]")
             log.info(f"predictions: {run.predictions(split)}  report: {run.eval_dir(split)}")

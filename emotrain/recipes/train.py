@@ -16,8 +16,8 @@ Each rank's stream is a pure function of the seed, the rank and the loader's wor
 order per epoch, shuffle buffer, and each conversation's augmentation drawn from its place in the
 stream), so a resumed loader re-reads the conversations already trained on without decoding them
 and yields the batch the interrupted run would have drawn next, in the same epoch, with the same
-crops. This needs the same world size and ``data.num_workers`` as the interrupted launch (the
-world size is checked at resume).
+crops. This needs the same world size and ``data.num_workers`` as the interrupted launch (both are
+checked at resume: the world size by the checkpoint, the loader settings by the contract below).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from emotrain.training.engine import fit
 from emotrain.training.hooks import HOOK_STOPPED, validation_hook
 from emotrain.training.losses import build_loss
 from emotrain.training.run_config import RunConfig
+from emotrain.data.provenance import check_splits_agree, folder_identity, record_training
 
 log = get_logger(__name__)
 
@@ -66,7 +67,8 @@ def check_tokenizer(cfg: RunConfig) -> None:
 
 # What a checkpoint's weights and its resumed data stream depend on; a relaunch may change the rest
 # (more steps, another learning rate, workers for evaluation), never these.
-CONTRACT = ("model", "data.text", "data.audio", "data.video", "data.turns", "train.bf16")
+CONTRACT = ("model", "data.text", "data.audio", "data.video", "data.turns", "train.bf16",
+            "data.num_workers", "data.shuffle_buffer", "data.seed")  # the last three: the exact resumed stream
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -82,6 +84,9 @@ def check_same_contract(run: RunDir, cfg: RunConfig) -> None:
     if not run.is_run() or latest_complete_tag(run.checkpoints) is None:
         return
     saved, new = _flat(to_dict(run.read_config())), _flat(to_dict(cfg))
+    for flat in (saved, new):  # a tokenizer by its content: the run folder may have moved to another install
+        key = "data.text.tokenizer"
+        flat[key] = folder_identity(flat[key]) if isinstance(flat.get(key), str) else flat.get(key)
     differ = sorted(k for k in saved.keys() | new.keys()
                     if any(k == c or k.startswith(c + ".") for c in CONTRACT) and saved.get(k) != new.get(k))
     if differ:
@@ -138,12 +143,14 @@ def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
     manifest = Manifest.load(cfg.data.shards, TRAIN)
     if manifest.turns_for(cfg.data.turns) == 0:
         raise UserError(f"{cfg.data.shards}/train holds no labelled turns (data.turns={cfg.data.turns})")
+    check_splits_agree(cfg.data.shards, manifest)
     check_tokenizer(cfg)
     modalities = Modalities(audio=cfg.model.needs_audio, video=cfg.model.needs_video)
     prepared_video(manifest, cfg.data.video, modalities)  # prepared shards for another model: one line, now
     # Decided once (accelerate may ask for bf16) and recorded, so evaluation computes as training did.
     cfg.train.bf16 = use_bf16(cfg.train, dist.read_accelerate_settings())
     check_same_contract(run, cfg)
+    record_training(run.root, cfg.data.shards, write=env.is_main)  # the shards' fingerprints; a relaunch: the same
     if env.is_main:
         run.write_config(cfg)
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank

@@ -8,7 +8,6 @@ an audio run with a video run. One place, so that a demo run and a sweep point a
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -43,9 +42,11 @@ def launch(nproc: int, args: list[str]) -> None:
                "-m", "emotrain.cli", *args]
     else:
         cmd = [sys.executable, "-m", "emotrain.cli", *args]
-    proc = subprocess.run(cmd, env=child_env(nproc))
-    if proc.returncode != 0:
-        raise UserError(f"step failed (exit {proc.returncode}): {' '.join(cmd)}")
+    from emotrain.recipes.childproc import run_passing_through
+
+    code, reason = run_passing_through(cmd, child_env(nproc))
+    if code != 0:  # the child's own one line when it wrote one (what point.json records), else the command
+        raise UserError(f"step failed (exit {code}): {reason or ' '.join(cmd)}")
 
 
 def set_args(overrides: list[str]) -> list[str]:
@@ -71,7 +72,10 @@ def fuse(fusion_config: str, audio: Path, video: Path, out: Path, overrides: lis
     from emotrain.fusion.pipeline import FusionConfig, fuse_runs
     from emotrain.fusion.runs import load_run
 
+    from emotrain.files import replaced_folder
+
     config = load_config(FusionConfig, fusion_config, overrides)
-    result = fuse_runs(load_run(audio), load_run(video), config)
-    write_outputs(result, config, audio, video, out, out / "tensorboard")
+    with replaced_folder(out, "the fusion folder") as staging:  # as one unit: no earlier fusion's file stays
+        result = fuse_runs(load_run(audio), load_run(video), config)
+        write_outputs(result, config, audio, video, staging, staging / "tensorboard")
     return render_markdown(result, audio, video)

@@ -18,7 +18,7 @@ from pathlib import Path
 import submitit
 
 from emotrain.training.rundir import PREEMPTED
-from emotrain.sweep.layout import COMPLETED, FAILED, PointStatus, SweepDir
+from emotrain.sweep.layout import COMPLETED, FAILED, RUNNING, PointStatus, SweepDir
 from emotrain.sweep.spec import Point, SweepConfig, expand_points, model_overrides
 from emotrain.names import EVAL_SPLITS
 
@@ -68,10 +68,14 @@ class PointJob(submitit.helpers.Checkpointable):
             evaluate_runs(EvalRequest([pdir.run(model).root for model in cfg.models], list(EVAL_SPLITS), progress=False))
             if rank == 0:
                 fuse_point(cfg, point, pdir)
-                pdir.write_status(PointStatus(COMPLETED, time.perf_counter() - start))
+                before = pdir.read_status()
+                pdir.write_status(PointStatus(COMPLETED, time.perf_counter() - start, None,
+                                              before.config if before else None, before.data if before else None))
         except Exception as err:
             if rank == 0:
-                pdir.write_status(PointStatus(FAILED, time.perf_counter() - start, f"{type(err).__name__}: {err}"))
+                before = pdir.read_status()
+                pdir.write_status(PointStatus(FAILED, time.perf_counter() - start, f"{type(err).__name__}: {err}",
+                                              before.config if before else None, before.data if before else None))
             raise
         return COMPLETED
 
@@ -86,6 +90,9 @@ def submit_array(cfg: SweepConfig, sweep: SweepDir, args: argparse.Namespace, ma
     from emotrain.sweep.runner import say
     from emotrain.training.slurm_submit import make_executor
 
+    from emotrain.sweep.plan import plan
+
+    plans = plan(cfg, sweep)  # every point resolves, and none ran under another configuration: else one line now
     sweep.write_config(cfg)
     pending = []
     for point in expand_points(cfg):
@@ -93,7 +100,8 @@ def submit_array(cfg: SweepConfig, sweep: SweepDir, args: argparse.Namespace, ma
         if pdir.is_done():
             say(f"{point.name}: completed before, skipped")
             continue
-        pdir.clear_status()
+        recorded = plans[point.name]
+        pdir.write_status(PointStatus(RUNNING, 0.0, None, recorded["config"], recorded["data"]))
         pending.append(point)
     if not pending:
         return []

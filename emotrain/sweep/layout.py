@@ -4,7 +4,8 @@
     SWEEP/points/<setting>/seed<S>/          one point
         run/  or  audio_text/ video_text/    ordinary run directories (emotrain.training.rundir.RunDir)
         fusion/                              emotrain fuse's outputs (pair sweeps)
-        point.json                           how the point ended (:class:`PointStatus`); "completed" = skip it
+        point.json                           how the point ended (:class:`PointStatus`); "completed" = skip it;
+                                             the configs and shard fingerprints it ran (written when it starts)
     SWEEP/points/trial-NNNN/seed<S>/         a search's trial (a point like any other) + trial.json, lease.json
     SWEEP/search/                            a search's Optuna study (study.journal) and its claim lock
     SWEEP/confirm.yaml                       a search's confirmation over seeds: an ordinary sweep of the best trials
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -28,7 +30,7 @@ from emotrain.fusion.fusion_file import FUSION_FILE
 from emotrain.training.rundir import RunDir
 from emotrain.sweep.spec import Point, SweepConfig
 
-COMPLETED, FAILED = "completed", "failed"
+COMPLETED, FAILED, RUNNING = "completed", "failed", "running"
 PRUNED = "pruned"  # a search's trial stopped by its pruner (at ``step``)
 
 
@@ -36,9 +38,11 @@ PRUNED = "pruned"  # a search's trial stopped by its pruner (at ``step``)
 class PointStatus:
     """What ``point.json`` says."""
 
-    status: str  # completed | failed | pruned
+    status: str  # running | completed | failed | pruned
     wall_s: float
-    error: str | None = None
+    error: str | None = None  # why it failed, in one line (the failing step's own)
+    config: dict[str, Any] | None = None  # the resolved configs it ran (emotrain.sweep.plan)
+    data: dict[str, Any] | None = None  # the fingerprints of the shards it trained on
     step: int | None = None  # pruned: the optimizer step the training stopped at
 
 

@@ -111,10 +111,13 @@ def write_hparams(cfg: SweepConfig, sweep: SweepDir, log_dir: Path) -> int:
 
 
 def write_report(cfg: SweepConfig, sweep: SweepDir, summary: SweepSummary) -> list[Path]:
-    sweep.report_dir.mkdir(parents=True, exist_ok=True)
-    md, js, png = sweep.report_markdown, sweep.report_json, sweep.report_plot
-    write_atomic(md, render_markdown(summary))
-    write_atomic(js, json.dumps(asdict(summary), indent=2) + "\n")
-    save_figure(spread_figure(summary), png)
-    write_hparams(cfg, sweep, sweep.report_tensorboard)
-    return [md, js, png, sweep.report_tensorboard]
+    from emotrain.files import replaced_folder
+
+    written = [sweep.report_markdown, sweep.report_json, sweep.report_plot, sweep.report_tensorboard]
+    with replaced_folder(sweep.report_dir, "the report folder") as staging:  # no earlier report's events stay in tb/
+        md, js, png, tb = (staging / path.relative_to(sweep.report_dir) for path in written)
+        write_atomic(md, render_markdown(summary))
+        write_atomic(js, json.dumps(asdict(summary), indent=2) + "\n")
+        save_figure(spread_figure(summary), png)
+        write_hparams(cfg, sweep, tb)
+    return written

@@ -15,7 +15,8 @@ from emotrain.log import get_logger, log_to_folder
 from emotrain.names import AUDIO_TEXT, VIDEO_TEXT
 from emotrain.recipes import workflow
 from emotrain.config import ConfigError
-from emotrain.sweep.layout import COMPLETED, FAILED, PointDir, PointStatus, SweepDir
+from emotrain.sweep.layout import COMPLETED, FAILED, RUNNING, PointDir, PointStatus, SweepDir
+from emotrain.sweep.plan import plan
 from emotrain.sweep.spec import Point, SweepConfig, expand_points, fusion_overrides, model_overrides
 
 log = get_logger(__name__)
@@ -57,6 +58,7 @@ def run_point(cfg: SweepConfig, point: Point, pdir: PointDir, nproc: int) -> Non
 
 def run_local(cfg: SweepConfig, sweep: SweepDir) -> SweepOutcome:
     """Every point not yet completed, in order; returns what happened to each."""
+    plans = plan(cfg, sweep)  # every point resolves, and none ran under another configuration: else one line now
     sweep.write_config(cfg)
     log_to_folder(sweep.root)
     points = expand_points(cfg)
@@ -69,16 +71,18 @@ def run_local(cfg: SweepConfig, sweep: SweepDir) -> SweepOutcome:
             outcome.skipped.append(point.name)
             continue
         say(f"point {index}/{len(points)} {point.name}: {nproc} rank(s) -> {pdir.root}")
-        pdir.clear_status()
+        recorded = plans[point.name]
+        pdir.write_status(PointStatus(RUNNING, 0.0, None, recorded["config"], recorded["data"]))
         start = time.perf_counter()
         try:
             run_point(cfg, point, pdir, nproc)
         except ConfigError as err:  # UserError included: a failed step, a bad override
-            pdir.write_status(PointStatus(FAILED, time.perf_counter() - start, str(err)))
+            pdir.write_status(PointStatus(FAILED, time.perf_counter() - start, str(err), recorded["config"],
+                                          recorded["data"]))
             say(f"point {point.name} FAILED: {err}")
             outcome.failed.append(point.name)
             continue
-        pdir.write_status(PointStatus(COMPLETED, time.perf_counter() - start))
+        pdir.write_status(PointStatus(COMPLETED, time.perf_counter() - start, None, recorded["config"], recorded["data"]))
         say(f"point {point.name}: completed in {time.perf_counter() - start:.0f} s")
         outcome.completed.append(point.name)
     return outcome

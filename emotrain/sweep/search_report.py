@@ -19,6 +19,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from emotrain.files import write_atomic
 from emotrain.evaluation.report import save_figure
 from emotrain.sweep.layout import SweepDir
 from emotrain.sweep.spec import Point, Setting, SweepConfig
@@ -121,7 +122,7 @@ def render_markdown(summary: SearchSummary) -> str:
         lines.append(f"| {r.name} | {r.state} | " + " | ".join(cells) + f" | {_fmt(r.value)} | "
                      f"{r.pruned_step if r.pruned_step is not None else '-'} |")
     if summary.confirm:
-        lines += ["", f"## Confirmation over seeds", "",
+        lines += ["", "## Confirmation over seeds", "",
                   f"Chosen: **{summary.chosen}** by the {summary.chosen_on}. Test of {summary.headline}: "
                   "mean +/- std [95% t-interval].", "",
                   f"| setting | seeds | val {summary.objective} | " + " | ".join(f"test {m}" for m in METRICS) + " |",
@@ -203,21 +204,23 @@ def write_search_report(cfg: SweepConfig, sweep: SweepDir) -> tuple[SearchSummar
 
     summary = summarise_search(cfg, sweep)
     out = sweep.report_dir
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "search.md", out / "search.json", out / "search_history.png"]
-    written[0].write_text(render_markdown(summary), encoding="utf-8")
-    written[1].write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
-    save_figure(history_figure(summary), written[2])
-    importance = importance_figure(open_study(cfg, sweep), f"search {cfg.name}: parameter importances")
-    if importance is not None:
-        written.append(save_figure(importance, out / "search_importance.png"))
-    write_search_hparams(summary, out / "search_tb")
-    written.append(out / "search_tb")
+    written: list[Path] = []
     cdir = confirm_dir(sweep)
     if cdir.config_path.is_file():
         ccfg = cdir.read_config()
         csummary = summarise(ccfg, cdir)
         if csummary.chosen is not None:
+            # first: the sweep report replaces the report folder as one unit; the search's files go in after it
             written += write_report(ccfg, cdir, csummary)
-    return summary, written
+    out.mkdir(parents=True, exist_ok=True)
+    search_files = [out / "search.md", out / "search.json", out / "search_history.png"]
+    write_atomic(search_files[0], render_markdown(summary))
+    write_atomic(search_files[1], json.dumps(asdict(summary), indent=2) + "\n")
+    save_figure(history_figure(summary), search_files[2])
+    importance = importance_figure(open_study(cfg, sweep), f"search {cfg.name}: parameter importances")
+    if importance is not None:
+        search_files.append(save_figure(importance, out / "search_importance.png"))
+    write_search_hparams(summary, out / "search_tb")
+    search_files.append(out / "search_tb")
+    return summary, search_files + written
 

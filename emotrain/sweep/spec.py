@@ -67,8 +67,10 @@ class SweepConfig:
         if any(not values for values in self.grid.values()):
             raise ValueError("every grid key needs at least one value")
         names = [s.name for s in self.settings]
-        if len(set(names)) != len(names) or any(not safe_name(n) == n for n in names):
-            raise ValueError(f"settings need distinct names of letters, digits, '.', '_', '=', ',' and '-': {names}")
+        if len(set(names)) != len(names) or any(not safe_name(n) == n or n.strip(".") == "" for n in names):
+            # a name is a folder under points/: "." or ".." would put the point elsewhere
+            raise ValueError(f"settings need distinct names of letters, digits, '.', '_', '=', ',' and '-' "
+                             f"(not only dots): {names}")
         if self.processes < 1:
             raise ValueError("processes must be >= 1")
         if self.select_metric not in ("accuracy", "macro_f1", "weighted_f1"):
@@ -85,6 +87,12 @@ class SweepConfig:
                                  f"training: audio_text or video_text (or pruner.name: none), got {prune_on!r}")
             if self.pair is None and prune_on not in (None, "run"):
                 raise ValueError(f"search.pruner.model is for pair searches only, got {prune_on!r}")
+        if self.pair is None:  # such a key would reach nothing in a one-model sweep: said, not dropped
+            keys = [i.partition("=")[0] for i in self.overrides] + list(self.grid) + [k for s in self.settings for k in s.set]
+            stray = [k for k in keys if k.startswith(FUSION_PREFIX) or k.partition(".")[0] in MODELS]
+            if stray:
+                raise ValueError(f"{stray[0]!r} names a model or the fusion of a pair sweep, but this sweep trains one "
+                                 "model (train_config): drop the prefix, or use pair")
 
     @property
     def models(self) -> tuple[str, ...]:

@@ -165,7 +165,7 @@ def record_end(study, cfg: SweepConfig, sweep: SweepDir, claim: Claim, end: Tria
         study.tell(claim.number, state=TrialState.PRUNED, skip_if_finished=True)
     else:
         study.tell(claim.number, state=TrialState.FAIL, skip_if_finished=True)
-    pdir.write_status(PointStatus(end.state, wall_s, end.error, end.step))
+    pdir.write_status(PointStatus(end.state, wall_s, end.error, step=end.step))
     (pdir.root / LEASE_FILE).unlink(missing_ok=True)
 
 

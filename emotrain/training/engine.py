@@ -43,6 +43,24 @@ from emotrain.log import get_logger
 from emotrain.signals import StopRequest
 from emotrain.training.rng import seed_all
 from emotrain.training.runlog import RunLog, write_run_metadata
+from emotrain.errors import UserError
+
+RUN_GONE = "run folder removed"  # a stop reason only inside fit: it raises a UserError
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder, None when it is not there."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def same_folder(path: Path, identity: tuple[int, int] | None) -> bool:
+    """The run folder is still the one this launch began in: not removed, and not removed and made again (a
+    checkpoint save after the removal would recreate the path, and the run would go on writing into it)."""
+    return identity is not None and _folder_id(path) == identity
 
 EXIT_CODES = {COMPLETED: 0, PREEMPTED: 0, NONFINITE: 3}
 
@@ -202,6 +220,7 @@ def fit(
     if result.resumed_from is not None:  # what a requeued job's log must say first: where it picked up
         log.message(f"train: resumed from step {state.step} ({result.checkpoint})")
     batches = iter(batches_from(state))
+    folder_id = _folder_id(run_dir)
     window, consecutive_bad, micro_in_step, step_loss = _Window(), 0, 0, 0.0
     engine.train()
 
@@ -214,7 +233,13 @@ def fit(
             loss = _forward_loss(engine, loss_fn, batch, device, float_dtype)
             finite = bool(torch.isfinite(loss))
             # One collective per micro-batch: ranks agree on skipping (keeps DeepSpeed's counters in step) and stopping.
-            loss_sum, bad_ranks, stop_votes = sum_over_ranks([loss.item() if finite else 0.0, not finite, stop.requested], device)
+            # The run folder is looked at too: deleted under a running job, every rank stops at once (a rank
+            # left writing into a missing folder would fail while the others wait for it in a collective).
+            loss_sum, bad_ranks, stop_votes, gone = sum_over_ranks(
+                [loss.item() if finite else 0.0, not finite, stop.requested, not same_folder(run_dir, folder_id)], device)
+            if gone:
+                result.stop_reason = RUN_GONE
+                break
             if bad_ranks:
                 state.nonfinite += 1
                 consecutive_bad += 1
@@ -261,7 +286,7 @@ def fit(
             if stop_votes and state.step < cfg.total_steps:
                 result.stop_reason = PREEMPTED
                 break
-        if saved_step != state.step:  # still inside: a second SIGTERM must not kill the final save
+        if saved_step != state.step and result.stop_reason != RUN_GONE:  # still inside: a second SIGTERM must not kill the final save
             result.checkpoint = checkpoint.save(engine, run_dir, state, env, cfg.keep_checkpoints)
 
     if result.stop_reason == NONFINITE and env.is_main:
@@ -270,6 +295,9 @@ def fit(
     elif result.stop_reason == PREEMPTED:
         log.message(f"stop signal received: checkpoint at step {state.step}, exiting for requeue")
     log.close()
+    if result.stop_reason == RUN_GONE:  # nothing to write into: one line, and the launch ends
+        raise UserError(f"the run folder {run_dir} was removed during training: stopped at step {state.step} "
+                        "(its checkpoints went with it; train again into a new --run-dir)")
     result.step, result.nonfinite = state.step, state.nonfinite
     result.best_step, result.best_value = state.best.step, state.best.value
     result.samples_seen = state.micro_batches * cfg.micro_batch_size * env.world_size
