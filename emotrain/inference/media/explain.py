@@ -1,9 +1,21 @@
-"""Why a turn got its label: each model's attention over the turn's utterances, and each model's share in
-the fused decision.
+"""Why a turn got its label: each utterance's influence on each model (occlusion), each model's attention over
+the turn's utterances, and each model's share in the fused decision.
+
+Influence (occlusion), the measure to read: every turn is scored again once per utterance of its window with
+that utterance masked (its text replaced by the empty text, its audio clip and, for the turn's own utterance,
+its video clip marked missing, which the models already represent by their learned "missing" vectors; the
+role and the position stay). The turn samples come from the bundle's own expander and go through the same
+collate, model, calibration as the real turn; an utterance's influence on a model is that model's calibrated
+probability of the fused label with everything minus the same with the utterance masked (positive: the
+utterance argued for the label). It costs one extra forward per utterance of the window, so only with
+``explain``.
 
 Attention: both models run a self-attention over the utterances of a turn's window (model A over
 [text, audio, role] states, ``utterances``; model B over [text, role] states, ``text_stream``), and
-the turn is read from the current (last) utterance's position. A forward hook on that attention
+the turn is read from the current (last) utterance's position. These weights are what the layer mixes in, not what the decision
+rests on: the layer adds its mix to the residual state of the current utterance, and the Bi-LSTM below
+has already carried the history into every state, so a model that learned to read the turn's own
+utterance still spreads its attention evenly (measured in ``benchmarks/attention_focus.py``). A forward hook on that attention
 layer recomputes its weights from the same inputs (the call the model makes asks for none; in eval
 mode the layer is deterministic, so the weights are the ones it applied) and keeps the current
 utterance's row, averaged over heads: one weight per utterance of the window, summing to 1. The
@@ -16,11 +28,14 @@ where only one model had its medium is that model's alone.
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from emotrain.evaluation.gather import Scored
 
 if TYPE_CHECKING:
     from emotrain.inference.predict import Predictor, TurnPrediction
@@ -87,6 +102,106 @@ class AttentionRecorder:
         for handle in self.handles:
             handle.remove()
         self.handles = []
+
+
+class Occluder:
+    """Scores, for each turn sample the bundle's expanders make, one copy per utterance of its window with that
+    utterance masked (see the module docstring). The copies go through the same collate, model and scoring as
+    the turns, in batches of their own, so the turns themselves are batched, and scored, exactly as without."""
+
+    def __init__(self, runner: "Predictor", batch_size: int | None):
+        self.runner = runner
+        self.inner = runner._expanders
+        runner._expanders = self._expanders  # the runner is the caller's own copy; the shared predictor is untouched
+        self.sizes = {name: batch_size or m.entry.batch_size for name, m in runner.bundle.models.items()}
+        self.pending: dict[str, list[dict[str, Any]]] = {name: [] for name in runner.bundle.models}
+        self.scored = {name: Scored.empty(len(runner.classes)) for name in runner.bundle.models}
+        self.pad_ids: dict[str, int] = {}
+        self.rows: dict[str, dict[str, int]] = {}  # by model, masked key -> row of ``scored`` (after ``finish``)
+        self.temperatures = {name: runner.bundle.info.models[name].temperature for name in runner.bundle.models}
+
+    def _expanders(self, counter: Any) -> dict[str, Any]:
+        expanders = self.inner(counter)
+        self.pad_ids = {name: e.tokenizer.pad_token_id for name, e in expanders.items()}
+        return {name: _Occluding(e, lambda masked, name=name: self._add(name, masked)) for name, e in expanders.items()}
+
+    def _add(self, name: str, masked: list[dict[str, Any]]) -> None:
+        self.pending[name].extend(masked)
+        while len(self.pending[name]) >= self.sizes[name]:
+            self._flush(name, self.sizes[name])
+
+    @torch.no_grad()
+    def _flush(self, name: str, count: int) -> None:
+        from emotrain.data.stream import as_tensors, collate_turns
+        from emotrain.evaluation.scoring import score_batch
+
+        model = self.runner.bundle.models[name]
+        batch = collate_turns(self.pending[name][:count], model.data, model.modalities, self.pad_ids[name])
+        self.pending[name] = self.pending[name][count:]
+        score_batch(self.runner.predict_fns[name], as_tensors(batch), self.scored[name])
+
+    def finish(self) -> None:
+        """Score what is still pending (after the turns are scored)."""
+        for name, pending in self.pending.items():
+            if pending:
+                self._flush(name, len(pending))
+        self.rows = {name: {k: i for i, k in enumerate(s.keys)} for name, s in self.scored.items()}
+
+    def for_turn(self, turn: "TurnPrediction", classes: list[str], last_utterance: int) -> dict[str, list[dict[str, float]]]:
+        """Per model, ``[{utterance, influence}]`` over the turn's window, oldest first (the last is the turn's own)."""
+        from emotrain.fusion.calibration import scaled_log_probs
+
+        k = classes.index(turn.label)
+        out = {}
+        for name, rows in self.rows.items():
+            full = turn.probs.get(name)
+            masked = []
+            while f"{turn.key}{MASKED}{len(masked)}" in rows:
+                masked.append(rows[f"{turn.key}{MASKED}{len(masked)}"])
+            if not masked or full is None or np.isnan(full).any():
+                continue
+            p = np.exp(scaled_log_probs(self.scored[name].logits[masked], self.temperatures[name]))[:, k]
+            first = last_utterance - len(masked) + 1
+            out[name] = [{"utterance": first + j, "influence": round(float(full[k] - p[j]), 6)}
+                         for j in range(len(masked))]
+        return out
+
+
+MASKED = "#masked"  # key of a turn scored with one utterance masked: f"{key}#masked{j}" (j: position in the window)
+
+
+class _Occluding:
+    """An expander whose turn samples are also handed, as masked copies, to ``score``; anything else is the
+    expander's."""
+
+    def __init__(self, expander: Any, score: Any):
+        self.expander = expander
+        self.score = score
+        self.empty = np.asarray(expander.tokenizer("", truncation=True,
+                                                   max_length=expander.cfg.text.max_utterance_tokens)["input_ids"],
+                                dtype=np.int64)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.expander, name)
+
+    def __call__(self, sample: dict[str, Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        turns = self.expander(sample, *args, **kwargs)
+        for turn in turns:
+            n = len(turn["roles"])
+            copies = []
+            for j in range(n):
+                masked = copy.copy(turn)
+                masked["key"] = f"{turn['key']}{MASKED}{j}"
+                masked["tokens"] = {**turn["tokens"], "utterances": list(turn["tokens"]["utterances"])}
+                masked["tokens"]["utterances"][j] = self.empty
+                if "audio" in turn:
+                    masked["audio"] = list(turn["audio"])
+                    masked["audio"][j] = None
+                if "video" in turn and j == n - 1:  # the turn's video is its own utterance's clip
+                    masked["video"] = None
+                copies.append(masked)
+            self.score(copies)
+        return turns
 
 
 def fusion_shares(predictor: "Predictor", turns: list["TurnPrediction"]) -> list[dict[str, float]]:

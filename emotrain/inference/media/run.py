@@ -161,18 +161,20 @@ def predict_media(predictor: "Predictor", media: str | Path | None = None, *, au
             yield clip
 
     runner = copy.copy(predictor)  # its own predict functions (timed, maybe explained); the shared one is untouched
-    recorder = None
+    recorder = occluder = None
     runner.predict_fns = {name: _timed(fn, timings) for name, fn in predictor.predict_fns.items()}
     counter = SkipCounter(keep_reasons=True)
     began = time.perf_counter()
     with _EXPLAIN_LOCK if explain else contextlib.nullcontext():
         if explain:
-            from emotrain.inference.media.explain import AttentionRecorder
+            from emotrain.inference.media.explain import AttentionRecorder, Occluder
 
-            recorder = AttentionRecorder(runner)
+            recorder, occluder = AttentionRecorder(runner), Occluder(runner, batch_size)
         try:
             scored = runner.score_samples(conversation_samples(cid, utterances, clips(), history, skipped), counter,
                                           batch_size)
+            if occluder is not None:
+                occluder.finish()
         finally:
             if recorder is not None:
                 recorder.close()
@@ -186,7 +188,8 @@ def predict_media(predictor: "Predictor", media: str | Path | None = None, *, au
 
         shares = fusion_shares(predictor, [t.prediction for t in turns])  # in the turns' (time) order
         for turn, share in zip(turns, shares):
-            turn.explanation = {"attention": recorder.for_turn(turn.prediction.key, turn.utterance.index),
+            turn.explanation = {"influence": occluder.for_turn(turn.prediction, predictor.classes, turn.utterance.index),
+                                "attention": recorder.for_turn(turn.prediction.key, turn.utterance.index),
                                 "fusion_share": share}
     lost = {t.utterance.index for t in turns}
     missing = [u for u in speaker_utterances if u.index not in lost]
