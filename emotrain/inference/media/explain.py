@@ -12,10 +12,12 @@ utterance argued for the label). It costs one extra forward per utterance of the
 
 Attention: both models run a self-attention over the utterances of a turn's window (model A over
 [text, audio, role] states, ``utterances``; model B over [text, role] states, ``text_stream``), and
-the turn is read from the current (last) utterance's position. These weights are what the layer mixes in, not what the decision
-rests on: the layer adds its mix to the residual state of the current utterance, and the Bi-LSTM below
-has already carried the history into every state, so a model that learned to read the turn's own
-utterance still spreads its attention evenly (measured in ``benchmarks/attention_focus.py``). A forward hook on that attention
+the turn is read from the current (last) utterance's position. These weights are what the layer mixes
+in, not what the decision rests on: the layer adds its mix to the residual state of the current
+utterance, and the Bi-LSTM below has already carried the history into every state, so a model that
+learned to read the turn's own utterance still spreads its attention evenly (measured in
+``benchmarks/attention_focus.py``). Model B's cross-modal attention (its video frames querying the
+utterances) is not reported. A forward hook on that attention
 layer recomputes its weights from the same inputs (the call the model makes asks for none; in eval
 mode the layer is deterministic, so the weights are the ones it applied) and keeps the current
 utterance's row, averaged over heads: one weight per utterance of the window, summing to 1. The
