@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=64.0, help="per request (default: %(default)s)")
     parser.add_argument("--max-media-s", type=float, default=600.0,
                         help="seconds of media per request (default: %(default)s)")
+    parser.add_argument("--asr", help="a Whisper model (hub name or local folder) for media requests sent "
+                        "without a transcript, as in `predict` (default: a transcript is required)")
     parser.add_argument("--api-key-file", type=Path, help="a file whose first line is the key clients send as X-API-Key")
     parser.add_argument("--insecure", action="store_true",
                         help="allow a non-loopback --host without a key (only behind a proxy that authenticates)")
@@ -43,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
                         batch_timeout_ms=args.batch_timeout_ms, workers_per_device=args.workers_per_device,
                         accelerator=args.accelerator, devices=args.devices, queue=args.queue, timeout_s=args.timeout_s,
                         max_upload_mb=args.max_upload_mb, max_media_s=args.max_media_s, api_key_file=args.api_key_file,
-                        insecure=args.insecure, log_level=args.log_level)
+                        insecure=args.insecure, log_level=args.log_level, asr=args.asr)
     return Service(opts).run()

@@ -241,21 +241,6 @@ class Predictor:
         turns = self.combine(self.score_samples([sample], counter, batch_size))
         return ConversationPrediction(turns, skipped + counter_skips(counter))
 
-
-def conversation_sample(record: Mapping[str, Any], media: str | Path | MediaDirs | Mapping[str, bytes] | ClipSource
-                        ) -> tuple[dict[str, Any] | None, list[Skipped]]:
-    """The shard sample of one conversation record with its clips, and what was skipped in it; no sample for a
-    conversation with an empty turn list (said in the skips); any other malformed record is a one-line UserError."""
-    try:
-        conversation, skipped = parse_conversation(record)
-    except RecordError as err:
-        cid = str(record.get("conversation_id", "?")) if isinstance(record, Mapping) else "?"
-        if str(err) == EMPTY_TURNS:  # the official test.json holds such conversations: nothing to predict
-            return None, [Skipped("conversation", cid, EMPTY_TURNS)]
-        raise UserError(f"conversation {cid!r}: {err}") from None
-    sample, clip_skips = encode(conversation, clip_source(media))
-    return sample, skipped + clip_skips
-
     def predict_media(self, media: str | Path | None = None, *, audio: str | Path | None = None,
                       transcript: str | Path | Sequence[Cue] | None = None, asr: str | Path | Transcriber | None = None,
                       speaker: str | None = None, explain: bool = False, limits: MediaLimits | None = None,
@@ -271,6 +256,21 @@ def conversation_sample(record: Mapping[str, Any], media: str | Path | MediaDirs
 
         return predict_media(self, media, audio=audio, transcript=transcript, asr=asr, speaker=speaker,
                              explain=explain, limits=limits, batch_size=batch_size)
+
+
+def conversation_sample(record: Mapping[str, Any], media: str | Path | MediaDirs | Mapping[str, bytes] | ClipSource
+                        ) -> tuple[dict[str, Any] | None, list[Skipped]]:
+    """The shard sample of one conversation record with its clips, and what was skipped in it; no sample for a
+    conversation with an empty turn list (said in the skips); any other malformed record is a one-line UserError."""
+    try:
+        conversation, skipped = parse_conversation(record)
+    except RecordError as err:
+        cid = str(record.get("conversation_id", "?")) if isinstance(record, Mapping) else "?"
+        if str(err) == EMPTY_TURNS:  # the official test.json holds such conversations: nothing to predict
+            return None, [Skipped("conversation", cid, EMPTY_TURNS)]
+        raise UserError(f"conversation {cid!r}: {err}") from None
+    sample, clip_skips = encode(conversation, clip_source(media))
+    return sample, skipped + clip_skips
 
 
 def clip_source(media: str | Path | MediaDirs | Mapping[str, bytes] | ClipSource) -> ClipSource:

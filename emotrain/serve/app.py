@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import multiprocessing as mp
 import pickle
 import signal
@@ -39,10 +40,12 @@ from emotrain.serve import schema
 from emotrain.serve.metrics import CONTENT_TYPE, ServeMetrics
 from emotrain.serve.options import ServeOptions
 from emotrain.serve.uploads import Form, RequestError, private_folder, read_form, remove_folder
-from emotrain.serve.worker import RECORD, BundleAPI
+from emotrain.serve.worker import MEDIA, RECORD, BundleAPI
 
 INTERNAL_PATH = "/v1/_batched"  # LitServe's route for the API: removed, only our routes feed its queue
 RECORD_PATH = "/v1/predict/record"
+MEDIA_PATH = "/v1/predict/media"
+TRUE, FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 GUARDED = ("/v1/", "/metrics")  # need the API key when there is one; /health and the page do not
 DRAIN_GRACE_S = 10.0
 
@@ -64,7 +67,7 @@ def media_seconds(path: Path, ext: str) -> float:
     """A clip's length from its header (soundfile for wav, PyAV for mp4); a file that is not one: RequestError.
     The content is decoded in full later; this only keeps an overlong upload from reaching the workers."""
     try:
-        if ext == "wav":
+        if ext == "wav":  # a record's clip
             import soundfile
 
             return float(soundfile.info(str(path)).duration)
@@ -73,11 +76,26 @@ def media_seconds(path: Path, ext: str) -> float:
         with av.open(str(path)) as container:
             if container.duration is not None:
                 return container.duration / 1_000_000
-            stream = container.streams.video[0]
-            return float(stream.duration * stream.time_base) if stream.duration else 0.0
+            streams = [st for st in container.streams if st.duration and st.time_base]
+            if not streams:
+                raise ValueError("no stream with a duration")
+            return max(float(st.duration * st.time_base) for st in streams)
     except Exception as err:  # noqa: BLE001 - any decoder failure is the upload's fault
-        kind = "wav audio" if ext == "wav" else "mp4 video"
-        raise RequestError(422, f"{path.name}: not readable as {kind} ({str(err).splitlines()[0][:120]})") from None
+        kind = {"wav": "wav audio", "mp4": "mp4 video"}.get(ext, "audio or video")
+        detail = str(err).replace(str(path), "").replace("''", "").strip(" :").splitlines()
+        raise RequestError(422, f"{path.name}: not readable as {kind} ({(detail or ['?'])[0][:120]})") from None
+
+
+def finite(value: Any) -> Any:
+    """JSON has no NaN: a probability a model could not give (it could not read the turn) becomes null, as
+    ``predict``'s JSONL NaN means."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
 
 
 class Service:
@@ -94,7 +112,8 @@ class Service:
         # shared with the HTTP process (forked from this one): the main process drains on SIGTERM
         self.inflight = mp.Value("i", 0)
         self.draining = mp.Value("b", 0)
-        self.api = BundleAPI(str(opts.bundle.resolve()), opts.max_batch, opts.batch_timeout_ms / 1000, INTERNAL_PATH)
+        self.api = BundleAPI(str(opts.bundle.resolve()), opts.max_batch, opts.batch_timeout_ms / 1000, INTERNAL_PATH,
+                             opts.asr, opts.max_upload_bytes, opts.max_media_s)
         devices: Any = "auto" if opts.devices is None else opts.devices
         self.server = ls.LitServer(self.api, accelerator=opts.accelerator, devices=devices,
                                    workers_per_device=opts.workers_per_device, timeout=opts.timeout_s,
@@ -151,7 +170,7 @@ class Service:
         async def info() -> dict[str, Any]:
             o = self.opts
             return {"bundle": self.summary, "classes": self.summary["classes"],
-                    "endpoints": {"record": RECORD_PATH},
+                    "endpoints": {"record": RECORD_PATH, "media": MEDIA_PATH}, "asr": self.opts.asr is not None,
                     "limits": {"max_upload_bytes": o.max_upload_bytes, "max_media_seconds": o.max_media_s,
                                "timeout_seconds": o.timeout_s, "queue": o.queue, "max_batch": o.max_batch,
                                "batch_timeout_ms": o.batch_timeout_ms},
@@ -162,6 +181,12 @@ class Service:
                   responses=schema.ERROR_RESPONSES)
         async def predict_record(request: Request) -> Response:
             return await self._handle(RECORD_PATH, request, self._record_payload)
+
+        @app.post(MEDIA_PATH, response_model=schema.MediaPrediction, summary="Predict a person's own recording",
+                  description=schema.MEDIA_DESCRIPTION, openapi_extra=schema.media_body(),
+                  responses=schema.ERROR_RESPONSES)
+        async def predict_media(request: Request) -> Response:
+            return await self._handle(MEDIA_PATH, request, self._media_payload)
 
     async def _handle(self, endpoint: str, request: Request, build: Any) -> Response:
         """Admission, body, checks, the workers' answer within the timeout; the folder always removed."""
@@ -201,11 +226,12 @@ class Service:
             status = int(answer.get("status", 500))
             outcome = "server_error" if status >= 500 else "client_error"
             return self._error(endpoint, status, str(answer.get("error", "prediction failed")), outcome)
-        self.metrics.observe_batch(answer["batch"])
-        self.metrics.decode_seconds.observe(answer.get("decode_seconds", 0.0))
+        if "batch" in answer:
+            self.metrics.observe_batch(answer.pop("batch"))
+            self.metrics.decode_seconds.observe(answer.pop("decode_seconds", 0.0))
         self.metrics.requests.labels(endpoint, "ok").inc()
-        return JSONResponse({"classes": self.summary["classes"], "turns": answer["turns"],
-                             "skipped": answer["skipped"]})
+        answer.pop("ok")
+        return JSONResponse(finite({"classes": self.summary["classes"], **answer}))
 
     async def _submit(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Into LitServe's request queue; the worker's answer (a dict) when it comes."""
@@ -235,7 +261,7 @@ class Service:
     async def _record_payload(self, form: Form) -> dict[str, Any]:
         from emotrain.data.clips import CLIP_NAME
 
-        unknown = sorted(set(form.fields) | {p.field for p in form.files} - {"record", "clips"})
+        unknown = sorted((set(form.fields) | {p.field for p in form.files}) - {"record", "clips"})
         if unknown:
             raise RequestError(400, f"unknown form field(s) {', '.join(unknown)}: this endpoint takes record and clips")
         text = form.text("record")
@@ -265,6 +291,57 @@ class Service:
             raise RequestError(413, f"the clips last {seconds:.1f} s, more than the server's limit of "
                                     f"{self.opts.max_media_s:g} s")
         return {"kind": RECORD, "record": record, "clips": clips}
+
+    async def _media_payload(self, form: Form) -> dict[str, Any]:
+        unknown = sorted((set(form.fields) | {p.field for p in form.files})
+                         - {"media", "audio", "transcript", "speaker", "explain"})
+        if unknown:
+            raise RequestError(400, f"unknown form field(s) {', '.join(unknown)}: this endpoint takes media, audio, "
+                                    "transcript, speaker and explain")
+        folder = form.folder
+        payload: dict[str, Any] = {"kind": MEDIA, "names": {str(folder): "upload"}}
+        seconds = []
+        for name in ("media", "audio"):
+            if form.fields.get(name):
+                raise RequestError(400, f"{name} must be a file part (curl -F {name}=@FILE)")
+            parts = form.files_of(name)
+            if len(parts) > 1:
+                raise RequestError(400, f"the field {name!r} was sent {len(parts)} times; send one file")
+            if not parts:
+                continue
+            if parts[0].size == 0:
+                raise RequestError(422, f"{name}: the file is empty")
+            # a name of the server's choosing (its stem names the conversation: "upload")
+            target = folder / name / "upload"
+            target.parent.mkdir()
+            parts[0].path.rename(target)
+            label = parts[0].filename or name
+            payload[name], payload["names"][str(target)] = str(target), label
+            try:
+                seconds.append(await asyncio.to_thread(media_seconds, target, "any"))
+            except RequestError as err:
+                raise RequestError(err.status, err.message.replace(target.name, label, 1)) from None
+        if "media" not in payload and "audio" not in payload:
+            raise RequestError(400, "no media: send a video or audio file as the field 'media' (and/or 'audio')")
+        if max(seconds) > self.opts.max_media_s:
+            raise RequestError(413, f"the media last {max(seconds):.1f} s, more than the server's limit of "
+                                    f"{self.opts.max_media_s:g} s")
+        transcript = form.text("transcript")
+        if transcript is not None and transcript.strip():
+            target = folder / "transcript"
+            target.write_text(transcript, encoding="utf-8")
+            payload["transcript"], payload["names"][str(target)] = str(target), "the transcript"
+        elif self.opts.asr is None:
+            raise RequestError(400, "no transcript: send the field 'transcript' (SRT, WebVTT, a JSON list of "
+                                    "{start, end, speaker, text}, or plain text for one utterance); this server "
+                                    "has no speech recognition (--asr)")
+        speaker = form.text("speaker")
+        payload["speaker"] = speaker.strip() if speaker and speaker.strip() else None
+        explain = (form.text("explain") or "").strip().lower()
+        if explain not in TRUE + FALSE:
+            raise RequestError(400, f"explain must be true or false, not {explain!r}")
+        payload["explain"] = explain in TRUE
+        return payload
 
     # --- main process -------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ class ServeOptions:
     timeout_s: float = 60.0  # per request, from admission to answer; later: 504
     max_upload_mb: float = 64.0
     max_media_s: float = 600.0  # seconds of media per request (read from the files' headers)
+    asr: str | None = None  # a Whisper hub name or folder: media requests without a transcript
     api_key_file: Path | None = None
     insecure: bool = False
     log_level: str = "warning"

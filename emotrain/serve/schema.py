@@ -36,6 +36,38 @@ class Prediction(BaseModel):
     skipped: list[Skip] = Field(description="what could not be used (a missing clip, an empty turn list), with why")
 
 
+class MediaTurn(Turn):
+    """A turn of a recording: ``predict``'s row plus where it is and what was said."""
+
+    start: float = Field(description="seconds")
+    end: float
+    speaker: str
+    text: str
+    utterance: int = Field(description="its utterance's index in the conversation")
+    explanation: dict[str, Any] | None = Field(None, description="explain=true: per model the attention over "
+                                               "the turn's utterances, and each model's share in the fusion")
+
+
+class Utterance(BaseModel):
+    index: int
+    start: float
+    end: float
+    speaker: str
+    role: str = Field(description="speaker (whose emotion is predicted) or listener")
+    text: str
+
+
+class MediaPrediction(BaseModel):
+    classes: list[str]
+    turns: list[MediaTurn]
+    utterances: list[Utterance]
+    speaker: str = Field(description="whose emotion the turns give")
+    notes: list[str] = Field(description="what was clipped, dropped or assumed, one line each")
+    skipped: list[Skip]
+    media: dict[str, Any] = Field(description="the streams found and the duration")
+    timings: dict[str, float] = Field(description="seconds spent transcribing, decoding, preprocessing, in the models")
+
+
 class Error(BaseModel):
     error: str = Field(description="one line saying what was wrong")
 
@@ -74,4 +106,28 @@ def record_body() -> dict[str, Any]:
             "record": {"type": "string", "description": "the conversation's JSON (UTF-8), as a field or a file"},
             "clips": {"type": "array", "items": {"type": "string", "format": "binary"},
                       "description": "its wav and mp4 clips, each under its corpus file name"},
+        }}}}}}
+
+
+MEDIA_DESCRIPTION = (
+    "A person's own recording: a video with its audio track (mp4, mov, mkv, webm) or an audio file (wav, flac, "
+    "mp3, ogg) as 'media', and/or a separate 'audio' file; a 'transcript' (SRT or WebVTT with speakers, a JSON "
+    "list of {start, end, speaker, text}, or plain text for one utterance), or none when the server runs speech "
+    "recognition (--asr). 'speaker' names whose emotion is predicted (default: the first named); explain=true "
+    "adds each turn's explanation. The answer is what `Predictor.predict_media` gives for the same files. "
+    "Example: curl -F media=@talk.mp4 -F transcript=@talk.srt -F explain=true "
+    "http://127.0.0.1:8000/v1/predict/media")
+
+
+def media_body() -> dict[str, Any]:
+    binary = {"type": "string", "format": "binary"}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object",
+        "properties": {
+            "media": {**binary, "description": "a video (with or without audio) or an audio file"},
+            "audio": {**binary, "description": "a separate audio file (its audio replaces the video's)"},
+            "transcript": {"type": "string", "description": "SRT, WebVTT, JSON cues or plain text (UTF-8), "
+                                                            "as a field or a file"},
+            "speaker": {"type": "string", "description": "whose emotion is predicted"},
+            "explain": {"type": "boolean", "description": "add each turn's explanation"},
         }}}}}}

@@ -47,6 +47,7 @@ class FilePart:
 class Form:
     """The parsed body: raw field values and file parts, in the order sent."""
 
+    folder: Path
     fields: dict[str, list[bytes]] = field(default_factory=dict)
     files: list[FilePart] = field(default_factory=list)
 
@@ -96,7 +97,7 @@ async def read_form(content_type: str, stream: AsyncIterator[bytes], folder: Pat
     boundary = params.get(b"boundary")
     if not boundary:
         raise RequestError(400, "multipart/form-data without a boundary")
-    form = Form()
+    form = Form(folder)
     state: dict = {"headers": {}, "header": b"", "value": b"", "fh": None, "data": None, "size": 0, "parts": 0}
 
     def on_part_begin() -> None:

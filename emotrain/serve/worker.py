@@ -28,7 +28,7 @@ from litserve.utils import LitAPIStatus, LoopResponseType
 
 from emotrain.errors import UserError
 
-RECORD = "record"
+RECORD, MEDIA = "record", "media"
 
 
 @dataclass
@@ -40,6 +40,13 @@ class Failure:
 
     def to_response(self) -> dict[str, Any]:
         return {"ok": False, "status": self.status, "error": self.message}
+
+
+@dataclass
+class Finished:
+    """A media request, predicted whole while decoding (see :meth:`BundleAPI._media`): its response."""
+
+    response: dict[str, Any]
 
 
 @dataclass
@@ -103,11 +110,14 @@ class BundleAPI(ls.LitAPI):
     """The bundle as a LitServe API (one instance per worker process; its settings are plain values so that
     it pickles into spawned workers)."""
 
-    def __init__(self, bundle: str, max_batch: int, batch_timeout_s: float, api_path: str):
+    def __init__(self, bundle: str, max_batch: int, batch_timeout_s: float, api_path: str,
+                 asr: str | None = None, max_media_bytes: int = 2**30, max_media_s: float = 600.0):
         super().__init__(max_batch_size=max_batch, batch_timeout=batch_timeout_s, api_path=api_path,
                          loop=BlockingBatchLoop())
         self.bundle_dir = bundle
         self.max_batch = max_batch
+        self.asr = asr
+        self.max_media_bytes, self.max_media_s = max_media_bytes, max_media_s
 
     def setup(self, device: str) -> None:
         import torch
@@ -120,21 +130,55 @@ class BundleAPI(ls.LitAPI):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         quiet_libraries()
-        self.predictor = Predictor.load(self.bundle_dir, torch.device(device if device != "cpu" else "cpu"))
+        self.predictor = Predictor.load(self.bundle_dir, torch.device(device))
+        self.transcriber = None
+        if self.asr is not None:
+            from emotrain.inference.media.asr import load_transcriber
 
-    def decode_request(self, request: dict[str, Any], **kwargs: Any) -> Decoded | Failure:
+            self.transcriber = load_transcriber(self.asr)  # once per worker, not per request
+
+    def decode_request(self, request: dict[str, Any], **kwargs: Any) -> Decoded | Finished | Failure:
         start = time.perf_counter()
         try:
-            if request.get("kind") != RECORD:
+            if request.get("kind") == RECORD:
+                decoded = self._decode_record(request)
+            elif request.get("kind") == MEDIA:
+                decoded = self._media(request)
+            else:
                 return Failure(400, f"unknown request kind {request.get('kind')!r}")
-            decoded = self._decode_record(request)
         except UserError as err:
-            return Failure(422, str(err))
+            return Failure(422, _client_names(str(err), request))
         except (OSError, ValueError) as err:  # a request whose files vanished (it timed out) or broke a decoder
-            return Failure(422, f"{type(err).__name__}: {err}")
+            return Failure(422, _client_names(f"{type(err).__name__}: {err}", request))
         if isinstance(decoded, Decoded):
             decoded.decode_seconds = time.perf_counter() - start
         return decoded
+
+    def _media(self, request: dict[str, Any]) -> Finished:
+        """A person's recording through :meth:`Predictor.predict_media` (the media path of ``predict``), whole.
+
+        Its decoding and its model passes are interleaved inside that path (it streams an hour-long file
+        a few turns at a time), so a media request is predicted here, per request, with forward passes of
+        at most ``--max-batch`` turns, rather than sharing passes with other requests in ``predict``."""
+        from emotrain.inference.media.decode import MediaLimits
+
+        result = self.predictor.predict_media(
+            request.get("media"), audio=request.get("audio"), transcript=request.get("transcript"),
+            asr=self.transcriber, speaker=request.get("speaker"), explain=bool(request.get("explain")),
+            limits=MediaLimits(self.max_media_bytes, self.max_media_s), batch_size=self.max_batch)
+        summary = result.summary()
+        summary["media"].pop("files", None)  # the server's own paths
+        for stream in ("audio", "video"):
+            if summary["media"].get(stream):
+                summary["media"][stream].pop("path", None)
+        response = {"ok": True, "turns": [t.row(result.classes) for t in result.turns],
+                    "utterances": [{"index": u.index, "start": round(u.start, 3), "end": round(u.end, 3),
+                                    "speaker": u.speaker, "role": u.role, "text": u.text} for u in result.utterances],
+                    "speaker": result.speaker, "notes": [_client_names(n, request) for n in result.notes],
+                    "skipped": [{**s.to_dict(), "id": _client_names(s.id, request),
+                                 "reason": _client_names(s.reason, request)} for s in result.skipped],
+                    "media": summary["media"], "timings": summary["timings"]}
+        return Finished(response)
 
     def _decode_record(self, request: dict[str, Any]) -> Decoded | Failure:
         from emotrain.data.stream import SkipCounter
@@ -157,10 +201,10 @@ class BundleAPI(ls.LitAPI):
             return Failure(422, f"a clip of turn {broken[0].id.split('/')[0]} does not decode: {broken[0].reason}")
         return Decoded(turns, [s.to_dict() for s in skipped])
 
-    def predict(self, batch: list[Decoded | Failure], **kwargs: Any) -> list[dict[str, Any]]:
+    def predict(self, batch: list[Decoded | Finished | Failure], **kwargs: Any) -> list[dict[str, Any]]:
         from emotrain.evaluation.gather import Scored
 
-        good = [item for item in batch if isinstance(item, Decoded)]
+        good = [item for item in batch if isinstance(item, Decoded)]  # media requests came Finished
         names = list(self.predictor.bundle.models)
         start = time.perf_counter()
         joined = {name: [turn for item in good for turn in item.turns[name]] for name in names}
@@ -173,6 +217,9 @@ class BundleAPI(ls.LitAPI):
         for item in batch:
             if isinstance(item, Failure):
                 out.append(item.to_response())
+                continue
+            if isinstance(item, Finished):
+                out.append(item.response)
                 continue
             mine = {}
             for name in names:  # this request's rows, by position: two requests may share conversation ids
@@ -187,3 +234,10 @@ class BundleAPI(ls.LitAPI):
 
     def encode_response(self, output: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return output
+
+
+def _client_names(text: str, request: dict[str, Any]) -> str:
+    """A message with the server's file paths replaced by what the client called them (``names``)."""
+    for path, name in sorted(request.get("names", {}).items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(path, name)
+    return text
