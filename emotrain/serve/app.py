@@ -271,6 +271,7 @@ class Service:
             record = json.loads(text)
         except ValueError as err:
             raise RequestError(400, f"record: not JSON ({err})") from None
+        cid = str(record.get("conversation_id")) if isinstance(record, dict) else None
         clips: dict[str, str] = {}
         seconds = 0.0
         for part in form.files_of("clips"):
@@ -278,6 +279,8 @@ class Service:
             if match is None:
                 raise RequestError(422, f"clip file name {part.filename!r} does not follow the corpus's rule "
                                         "dia{conversation_id}utt{index}_{ID}.wav or .mp4")
+            if match["cid"] != cid:
+                raise RequestError(422, f"clip {part.filename} is not a clip of conversation {cid!r}")
             if part.filename in clips:
                 raise RequestError(400, f"clip {part.filename} was sent twice")
             if part.size == 0:
