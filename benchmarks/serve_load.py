@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -84,6 +85,7 @@ def main() -> None:
                         help="per point (default: 40 at concurrency 1, 12 at 8, 6 at 32)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="per point, at most")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers it started (their own sessions)
 
     from corpus import TINY_SPEC
     from emotrain.data.pack import PackOptions, pack

@@ -94,6 +94,38 @@ def test_concurrent_records_equal_emotrain_predict_whatever_their_batch(system, 
     assert batched >= len(records) and batches < batched, "no batch held two requests"
 
 
+def test_the_worker_gives_the_same_rows_in_any_batch(system, tmp_path):
+    """The inference worker's own path in this process: the same records scored with forward passes of 1, 3 and
+    16 turns, and mixed with a bad request, give predict_conversation's rows (and the bad one its own 422)."""
+    from emotrain.inference.predict import Predictor
+    from emotrain.serve.worker import RECORD, BundleAPI, Failure
+
+    records = system["records"][:5]
+    predictor = Predictor.load(system["bundle"])
+    want = {t.key: t.row(predictor.classes) for r in records
+            for t in predictor.predict_conversation(r, system["corpus"]).turns}
+    payloads = []
+    for r in records:
+        clips = {}
+        for _, name, data in record_parts(system["corpus"], r)[1:]:
+            (tmp_path / name).write_bytes(data)
+            clips[name] = str(tmp_path / name)
+        payloads.append({"kind": RECORD, "record": r, "clips": clips})
+    bad = {"kind": RECORD, "record": {"conversation_id": "x", "turns": "no"}, "clips": {}}
+    for max_batch in (1, 3, 16):
+        api = BundleAPI(str(system["bundle"]), max_batch, 0.0, "/x")
+        api.predictor = predictor
+        decoded = [api.decode_request(p) for p in payloads[:2] + [bad] + payloads[2:]]
+        assert isinstance(decoded[2], Failure) and decoded[2].status == 422
+        out = api.predict(decoded)
+        assert out[2] == {"ok": False, "status": 422, "error": "conversation 'x': turns should be list, got str"}
+        rows = [row for answer in out[:2] + out[3:] for row in answer["turns"]]
+        assert sorted(r["key"] for r in rows) == sorted(want)
+        for row in rows:
+            assert_rows_equal(row, want[row["key"]], predictor.classes)
+        assert out[0]["batch"]["requests"] == len(records)
+
+
 def media_parts(corpus: Path, record: dict, text: str) -> list[tuple[str, str | None, bytes]]:
     cid = record["conversation_id"]
     mp4 = next((corpus / "video_v5_0").glob(f"dia{cid}utt0_*.mp4"))

@@ -64,7 +64,7 @@ def bundle_summary(bundle: Path) -> dict[str, Any]:
 
 
 def media_seconds(path: Path, ext: str) -> float:
-    """A clip's length from its header (soundfile for wav, PyAV for mp4); a file that is not one: RequestError.
+    """A file's length from its header (soundfile for wav, PyAV for any other); a file that is not one: RequestError.
     The content is decoded in full later; this only keeps an overlong upload from reaching the workers."""
     try:
         if ext == "wav":  # a record's clip
@@ -76,10 +76,11 @@ def media_seconds(path: Path, ext: str) -> float:
         with av.open(str(path)) as container:
             if container.duration is not None:
                 return container.duration / 1_000_000
-            streams = [st for st in container.streams if st.duration and st.time_base]
-            if not streams:
-                raise ValueError("no stream with a duration")
-            return max(float(st.duration * st.time_base) for st in streams)
+            if not any(st.type in ("audio", "video") for st in container.streams):
+                raise ValueError("no audio or video stream")
+            timed = [float(st.duration * st.time_base) for st in container.streams if st.duration and st.time_base]
+            # a browser's MediaRecorder webm often says no length at all: then the upload limit bounds it
+            return max(timed, default=0.0)
     except Exception as err:  # noqa: BLE001 - any decoder failure is the upload's fault
         kind = {"wav": "wav audio", "mp4": "mp4 video"}.get(ext, "audio or video")
         detail = str(err).replace(str(path), "").replace("''", "").strip(" :").splitlines()

@@ -120,16 +120,21 @@ class BundleAPI(ls.LitAPI):
         self.max_media_bytes, self.max_media_s = max_media_bytes, max_media_s
 
     def setup(self, device: str) -> None:
-        import torch
-
         from emotrain.console import quiet_libraries
-        from emotrain.inference.predict import Predictor
 
         # The main process decides when to stop (after draining); a SIGTERM sent to the whole process group
         # must not kill the model under requests still in flight. LitServe's sentinel ends this process.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         quiet_libraries()
+        self.load(device)
+
+    def load(self, device: str) -> None:
+        """The bundle (and the speech recogniser) on ``device``: what ``setup`` does besides the signals."""
+        import torch
+
+        from emotrain.inference.predict import Predictor
+
         self.predictor = Predictor.load(self.bundle_dir, torch.device(device))
         self.transcriber = None
         if self.asr is not None:
