@@ -1,5 +1,5 @@
 """``emotrain serve``: a real server process on a loopback port (one, shared by most tests, stopped by SIGTERM in
-the last test), against ``emotrain predict`` and ``Predictor.predict_media`` on the same input; its limits and
+the last test), against ``emotrain predict`` (records, and ``--media`` recordings) on the same input; its limits and
 faults; the page in Debian's headless Chromium. The stand-in system of the predict tests is the bundle."""
 
 from __future__ import annotations
@@ -134,9 +134,7 @@ def media_parts(corpus: Path, record: dict, text: str) -> list[tuple[str, str | 
             ("explain", None, b"true")]
 
 
-def test_a_recording_equals_predict_media_on_the_same_files(system, server, tmp_path):
-    from emotrain.inference.predict import Predictor
-
+def test_a_recording_equals_emotrain_predict_media_on_the_same_files(system, server, tmp_path):
     record = system["records"][0]
     text = record["turns"][0]["dialogue_history"][0]["utterance"]
     reply = post_form(server.port, "/v1/predict/media", media_parts(system["corpus"], record, text))
@@ -146,12 +144,14 @@ def test_a_recording_equals_predict_media_on_the_same_files(system, server, tmp_
     mp4 = next((system["corpus"] / "video_v5_0").glob(f"dia{cid}utt0_*.mp4"))
     wav = next((system["corpus"] / "audio_v5_0").glob(f"dia{cid}utt0_*.wav"))
     (tmp_path / "t.txt").write_text(text)
-    result = Predictor.load(system["bundle"]).predict_media(mp4, audio=wav, transcript=tmp_path / "t.txt", explain=True)
-    want = [t.row(result.classes) for t in result.turns]
+    assert main(["predict", str(system["bundle"]), "--media", str(mp4), "--audio", str(wav), "--transcript",
+                 str(tmp_path / "t.txt"), "--explain", "--no-plot", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    want = read_predictions(tmp_path / "out" / "predictions.jsonl")
     assert len(answer["turns"]) == len(want) == 1
     got = answer["turns"][0]
-    assert (got["text"], got["start"], got["end"]) == (want[0]["text"], want[0]["start"], want[0]["end"])
-    assert_rows_equal({**got, "key": "upload"}, want[0], answer["classes"])
+    for field in ("text", "start", "end", "speaker", "utterance", "turn_id"):
+        assert got[field] == want[0][field], field
+    assert_rows_equal({**got, "key": want[0]["key"]}, want[0], answer["classes"])
     assert got["explanation"]["fusion_share"] == pytest.approx(want[0]["explanation"]["fusion_share"], abs=TOL)
     assert str(server.tmp) not in reply.body.decode()  # no server path in the answer
 
