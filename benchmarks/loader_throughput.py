@@ -63,7 +63,7 @@ from emotrain.data.stream import DataConfig, Modalities, build_loader  # noqa: E
 from emotrain.data.synthetic import SynthSpec, generate_corpus  # noqa: E402
 from emotrain.data.text import TextConfig, context_text, load_tokenizer  # noqa: E402
 from emotrain.labels import LabelScheme, load_scheme  # noqa: E402
-from emotrain.models.build import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from emotrain.models.model_config import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODALITY_SETS = {"both": Modalities(True, True), "audio": Modalities(True, False), "video": Modalities(False, True)}

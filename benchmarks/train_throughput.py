@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from emotrain.data.pack import PackOptions, pack
 from emotrain.data.splits import SplitRecipe
-from emotrain.rundir import RunDir
+from emotrain.training.rundir import RunDir
 from emotrain.data.synthetic import SynthSpec, generate_corpus
 from emotrain.training.distributed import free_port
 from emotrain.labels import load_scheme

@@ -13,6 +13,7 @@ import sys
 
 from emotrain.config import ConfigError
 from emotrain.console import VERBOSE_ENV, quiet_libraries, set_verbose
+from emotrain.log import setup_logging
 
 SUBCOMMANDS: dict[str, str] = {
     "synth": "write a small, learnable corpus in the real AvaMERG layout",
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         set_verbose()
         argv = argv[1:]
     quiet_libraries()  # before any library is imported: the filters must be in place when they speak
+    setup_logging()
     top = _top_parser()
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()

@@ -1,21 +1,35 @@
-"""Writing a small file so that nobody ever reads half of it."""
+"""Writing a file so that nobody ever reads half of it: every file the project writes goes through here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` beside ``path``, flush it to disk, then rename it over ``path``.
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; on success it is flushed to disk and renamed over
+    ``path``, on an error it is removed and ``path`` is untouched.
 
     A reader, a kill or a crash sees the old file or the new one, never a part: what status,
-    manifests, pack sidecars and checkpoint markers need, since their presence is what says a
-    step is done.
+    manifests, reports, pack sidecars and checkpoint markers need, since their presence is what says
+    a step is done. For writers that take a path (``savefig``, ``safetensors``, numpy).
     """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)

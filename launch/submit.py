@@ -6,8 +6,8 @@
     python launch/submit.py --cluster local ...     # same job on this machine, for debugging
 
 Preemption: submitit asks for SIGUSR2 before the time limit (and SLURM signals a preempted job);
-every rank then stops at an agreed step and checkpoints (emotrain/training/preemption.py), after which the
-job hands the signal back to submitit, which requeues the job (emotrain/training/submitit_job.py); the
+every rank then stops at an agreed step and checkpoints (emotrain/signals.py), after which the
+job hands the signal back to submitit, which requeues the job (emotrain/recipes/jobs.py); the
 requeued job resumes from the run directory's latest checkpoint.
 """
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from emotrain.config import ConfigError, find_config  # noqa: E402
 from emotrain.training.slurm_submit import add_slurm_arguments, check_slurm_arguments, make_executor  # noqa: E402
-from emotrain.training.submitit_job import TrainJob  # noqa: E402  (importable in the job, unlike __main__)
+from emotrain.recipes.jobs import TrainJob, TrainRequest  # noqa: E402  (importable in the job, unlike __main__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,11 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    train_args = [str(find_config(args.config)), "--run-dir", str(Path(args.run_dir).resolve())]
-    for item in args.overrides:
-        train_args += ["--set", item]
+    request = TrainRequest(str(find_config(args.config)), Path(args.run_dir).resolve(), list(args.overrides))
     executor = make_executor(args, args.logs)
-    job = executor.submit(TrainJob(train_args))
+    job = executor.submit(TrainJob(request))
     print(f"submitted job {job.job_id}: logs in {Path(args.logs) / str(job.job_id)}_*")
     if args.wait:
         print(json.dumps(job.results()[0]))  # one result per task; rank 0's status is the run's

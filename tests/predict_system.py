@@ -20,7 +20,7 @@ from emotrain.fusion.outputs import write_outputs
 from emotrain.fusion.pipeline import FusionConfig, MetricsConfig, fuse_runs
 from emotrain.fusion.runs import load_run
 from emotrain.models import build_model
-from emotrain.rundir import RunDir
+from emotrain.training.rundir import RunDir
 from emotrain.training.run_config import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]

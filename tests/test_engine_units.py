@@ -21,9 +21,9 @@ from emotrain.models.inputs import model_inputs
 from emotrain.errors import UserError
 from emotrain.evaluation.export import export_weights
 from emotrain.config import CONFIG_ROOT, find_config
-from emotrain.training.deepspeed_config import TrainConfig, deepspeed_config, read_deepspeed_json
+from emotrain.training.deepspeed_config import TrainConfig, deepspeed_config, read_deepspeed_json, use_bf16
 from emotrain.training.optim import build_optimizer, optimizer_state_bytes, param_groups, warmup_cosine
-from emotrain.training.preemption import StopRequest
+from emotrain.signals import StopRequest
 from emotrain.training.rng import capture_rng_state, restore_rng_state, seed_all
 
 DS_CONFIGS = {"zero0": 0, "zero1": 1, "zero2": 2, "zero3": 3, "zero2_offload": 2}
@@ -93,7 +93,9 @@ def test_deepspeed_json_rejects(tmp_path: Path, content: dict, message: str) -> 
 
 
 def test_accelerate_settings_win(tmp_path: Path) -> None:
-    ds = deepspeed_config(cfg(bf16=False, zero_stage=1),
+    assert use_bf16(cfg(bf16=False), accel(mixed_precision="bf16")) is True  # the launch-time choice wins
+    assert use_bf16(cfg(bf16=False), accel()) is False
+    ds = deepspeed_config(cfg(bf16=True, zero_stage=1),
                           2, accel(deepspeed_config_file="configs/deepspeed/zero3.json", zero_stage=2, gradient_clipping=0.5,
                                    mixed_precision="bf16", offload_optimizer_device="cpu"))
     assert ds["zero_optimization"]["stage"] == 2
@@ -101,7 +103,7 @@ def test_accelerate_settings_win(tmp_path: Path) -> None:
     assert ds["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
     assert ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] is True
     with pytest.raises(ConfigError, match="fp16"):
-        deepspeed_config(cfg(), 1, accel(mixed_precision="fp16"))
+        use_bf16(cfg(), accel(mixed_precision="fp16"))
     with pytest.raises(ConfigError, match="gradient_accumulation_steps=3"):
         deepspeed_config(cfg(global_batch_size=32, micro_batch_size=8), 2, accel(gradient_accumulation_steps=3))
 

@@ -40,7 +40,7 @@ def test_unknown_key_is_named(tmp_path):
 
 def test_demo_config_loads_and_names_only_its_models():
     from emotrain.config import load_config
-    from emotrain.commands.demo import DEFAULT_CONFIG, DemoConfig
+    from emotrain.recipes.demo import DEFAULT_CONFIG, DemoConfig
 
     cfg = load_config(DemoConfig, DEFAULT_CONFIG, ['model_overrides={"audio_text": ["train.lr=1e-3"]}'])
     assert cfg.model_overrides == {"audio_text": ["train.lr=1e-3"]}
@@ -52,8 +52,8 @@ def test_demo_config_loads_and_names_only_its_models():
 
 def test_a_relaunch_with_another_model_or_data_contract_is_refused_and_leaves_the_run(tmp_path):
     from emotrain.errors import UserError
-    from emotrain.rundir import RunDir
-    from emotrain.training.recipe import check_same_contract
+    from emotrain.training.rundir import RunDir
+    from emotrain.recipes.train import check_same_contract
 
     run = RunDir(tmp_path / "run")
     cfg = load_run_config("demo/audio_text", [f"data.shards={tmp_path}"])

@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from emotrain.errors import UserError
-from emotrain.rundir import RunDir, RunStatus
+from emotrain.training.rundir import RunDir, RunStatus
 
 
 def status_word(run_dir, *extra: str) -> str:
-    return subprocess.run([sys.executable, "-m", "emotrain.rundir", "status", str(run_dir), *extra],
+    return subprocess.run([sys.executable, "-m", "emotrain.training.rundir", "status", str(run_dir), *extra],
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
@@ -49,7 +49,7 @@ def test_a_second_launch_into_a_run_being_trained_is_one_line(tmp_path):
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom emotrain.rundir import RunDir\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom emotrain.training.rundir import RunDir\n"
                                "held = RunDir(sys.argv[1]).lock(); held.__enter__(); print('held', flush=True); time.sleep(120)",
                                str(tmp_path)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

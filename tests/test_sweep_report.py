@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
+from emotrain.evaluation.report_file import EvalReport
+from emotrain.fusion.fusion_file import FusionSummary
 from emotrain.cli import main
 from emotrain.config import ConfigError, load_config
 from emotrain.sweep.layout import SweepDir
@@ -45,14 +47,16 @@ def fake_point(sweep: SweepDir, cfg: SweepConfig, point, rng: np.random.Generato
         for split in SPLITS:
             report = pdir.run(model).eval_report(split)
             report.parent.mkdir(parents=True, exist_ok=True)
-            report.write_text(json.dumps({"splits": {split: metric_block(rng, 0.4)}}))
+            EvalReport({split: metric_block(rng, 0.4)}).save(report)
     pdir.fusion.mkdir(parents=True)
     base = FUSION_F1[point.setting.name]
-    pdir.fusion_json.write_text(json.dumps({
-        "chosen": "stacking",
-        "val": {"fusion: stacking": metric_block(rng, base["val"])},
-        "test": {"fusion: stacking": metric_block(rng, base["test"]), "audio (raw)": metric_block(rng, 0.1)},
-    }))
+    FusionSummary(
+        audio_run="a", video_run="v", classes=["x", "y"], chosen="stacking", chosen_on="val", params={
+            "stacking": {}, "audio": {"temperature": 1.0}, "video": {"temperature": 1.0}},
+        val_scores={"stacking": {"macro_f1": base["val"], "nll": 1.0}}, counts={}, config={},
+        val={"fusion: stacking": metric_block(rng, base["val"])},
+        test={"fusion: stacking": metric_block(rng, base["test"]), "audio (raw)": metric_block(rng, 0.1)},
+    ).save(pdir.fusion)
     (pdir.root / "point.json").write_text(json.dumps({"status": "completed", "wall_s": 1.0}))
 
 
@@ -170,7 +174,7 @@ def test_stat_of_one_seed_has_no_spread():
 
 
 def test_the_demo_multi_seed_variant_is_the_demo_as_a_sweep(tmp_path):
-    from emotrain.commands.demo import DemoConfig
+    from emotrain.recipes.demo import DemoConfig
     from emotrain.sweep.demo import demo_sweep
 
     demo = load_config(DemoConfig, "demo/demo", ['model_overrides={"audio_text": ["train.lr=1e-3"]}',

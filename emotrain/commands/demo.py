@@ -16,71 +16,30 @@ returns at once), so an interrupted demo continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from emotrain import workflow
-from emotrain.config import load_config, path_field
+from emotrain.log import get_logger
+from emotrain.recipes import workflow
+from emotrain.config import load_config
 from emotrain.data.pack import PackOptions, pack
-from emotrain.data.prepared import PreparedVideo
 from emotrain.data.splits import SplitRecipe
-from emotrain.data.synthetic import SynthSpec, generate_corpus
+from emotrain.data.synthetic import generate_corpus
 from emotrain.errors import UserError
 from emotrain.labels import load_scheme
-from emotrain.rundir import RunDir
+from emotrain.fusion.fusion_file import FusionSummary
+from emotrain.names import AUDIO_TEXT, METRIC_LABELS, TEST, VIDEO_TEXT
+from emotrain.recipes.demo import DEFAULT_CONFIG, MODELS, DemoConfig
+from emotrain.training.rundir import RunDir
 
-DEFAULT_CONFIG = "demo/demo"
-MODELS = ("audio_text", "video_text")
-TABLE_METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("weighted_f1", "weighted-F1"), ("ece", "ECE"))
+log = get_logger(__name__)
 
-
-@dataclass
-class CorpusSettings:
-    conversations: int = 600
-    seed: int = 0
-    workers: int = 2
-    spec: SynthSpec = field(default_factory=SynthSpec)
-
-
-@dataclass
-class PackSettings:
-    labels: str = "ekman7"
-    val_frac: float = 0.2
-    test_frac: float = 0.2
-    max_per_shard: int = 16
-    workers: int = 2
-    video: PreparedVideo | None = None  # {frames, size}: pack --prepare-video; None keeps the mp4s
-
-
-@dataclass
-class DemoConfig:
-    """What ``configs/demo/demo.yaml`` holds; config paths in it are relative to that file."""
-
-    corpus: CorpusSettings = field(default_factory=CorpusSettings)
-    pack: PackSettings = field(default_factory=PackSettings)
-    processes: int = 2
-    train_configs: dict[str, str] = path_field("config", default_factory=dict)
-    train_overrides: list[str] = field(default_factory=list)
-    model_overrides: dict[str, list[str]] = field(default_factory=dict)
-    fusion: str = path_field("config", default="fusion/default")
-
-    def validate(self) -> None:
-        if self.processes < 1:
-            raise ValueError("processes must be >= 1")
-        if sorted(self.train_configs) != sorted(MODELS):
-            raise ValueError(f"train_configs must name exactly {', '.join(MODELS)}")
-        if not set(self.model_overrides) <= set(MODELS):
-            raise ValueError(f"model_overrides may only name {', '.join(MODELS)}")
-        if self.corpus.conversations < 20:
-            raise ValueError("corpus.conversations must be >= 20 so val and test are not empty")
 
 
 def _say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
+    log.info(f"[demo] {message}")
 
 
 def ranks_for(cfg: DemoConfig) -> int:
@@ -121,7 +80,7 @@ def evaluate(runs: dict[str, Path], nproc: int) -> None:
 
 def fuse(cfg: DemoConfig, runs: dict[str, Path], report_dir: Path) -> str:
     _say("fuse: calibrate on val, pick a strategy on val, report on test")
-    return workflow.fuse(cfg.fusion, runs["audio_text"], runs["video_text"], report_dir)
+    return workflow.fuse(cfg.fusion, runs[AUDIO_TEXT], runs[VIDEO_TEXT], report_dir)
 
 
 def bundle_and_predict(runs: dict[str, Path], report_dir: Path, shards_dir: Path, bundle_dir: Path, out: Path) -> None:
@@ -133,23 +92,22 @@ def bundle_and_predict(runs: dict[str, Path], report_dir: Path, shards_dir: Path
 
     _say(f"bundle: {bundle_dir}")
     shutil.rmtree(bundle_dir, ignore_errors=True)
-    workflow.launch(1, ["bundle", "--audio", str(runs["audio_text"]), "--video", str(runs["video_text"]),
+    workflow.launch(1, ["bundle", "--audio", str(runs[AUDIO_TEXT]), "--video", str(runs[VIDEO_TEXT]),
                         "--fusion", str(report_dir), "--out", str(bundle_dir)])
     _say(f"predict: the test split with the bundle -> {out}")
-    workflow.launch(1, ["predict", str(bundle_dir), "--shards", str(shards_dir), "--split", "test", "--out", str(out)])
+    workflow.launch(1, ["predict", str(bundle_dir), "--shards", str(shards_dir), "--split", TEST, "--out", str(out)])
 
 
-def results_table(fusion_json: Path) -> str:
+def results_table(fusion_dir: Path) -> str:
     """Each model and each fusion strategy on test: the four headline metrics."""
-    summary = json.loads(fusion_json.read_text(encoding="utf-8"))
-    rows = summary["test"]
+    summary = FusionSummary.load(fusion_dir)
+    rows = summary.test
     width = max(len(name) for name in rows) + 2
-    header = "system".ljust(width) + "".join(f"{label:>13}" for _, label in TABLE_METRICS)
+    header = "system".ljust(width) + "".join(f"{label:>13}" for label in METRIC_LABELS.values())
     lines = [header, "-" * len(header)]
-    chosen = f"fusion: {summary['chosen']}"
     for name, metrics in rows.items():
-        mark = " <- chosen on val" if name == chosen else ""
-        lines.append(name.ljust(width) + "".join(f"{metrics[key]:>13.3f}" for key, _ in TABLE_METRICS) + mark)
+        mark = " <- chosen on val" if name == summary.chosen_row else ""
+        lines.append(name.ljust(width) + "".join(f"{metrics[key]:>13.3f}" for key in METRIC_LABELS) + mark)
     return "\n".join(lines)
 
 
@@ -211,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     minutes = (time.perf_counter() - start) / 60
     print()
     print("Results on the synthetic test split (synthetic data: a check that everything learns, not a benchmark)")
-    print(results_table(report_dir / "fusion.json"))
+    print(results_table(report_dir))
     print()
     print(f"wall time: {minutes:.1f} min on {nproc} {'GPU' if torch.cuda.is_available() else 'CPU'} rank(s)")
     print(f"fusion report and plots: {report_dir}  (fusion.md, fusion.png, report.json)")

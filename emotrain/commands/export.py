@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from emotrain.evaluation.export import CONFIG, export_weights
-    from emotrain.rundir import RunDir
+    from emotrain.training.rundir import RunDir
 
     out = args.out or RunDir(args.run).export_dir
     target = export_weights(args.run, out, args.tag, args.last)

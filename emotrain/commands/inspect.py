@@ -18,7 +18,8 @@ from emotrain.config import apply_overrides, find_config, from_dict, read_yaml, 
 from emotrain.data.manifest import Manifest
 from emotrain.data.schema import META_FIELDS, meta_vocab_sizes
 from emotrain.errors import UserError
-from emotrain.models.build import ModelConfig, build_model
+from emotrain.models.build import build_model
+from emotrain.models.model_config import ModelConfig
 
 DEFAULT_META_VOCAB = 64
 DEFAULT_NUM_CLASSES = 7

@@ -17,9 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emotrain.training import distributed as dist
-    from emotrain.training.recipe import run_training
-    from emotrain.training.run_config import load_run_config
+    from emotrain.recipes.jobs import TrainRequest, train_in_process
 
-    cfg = load_run_config(args.config, args.overrides)
-    return run_training(cfg, args.run_dir, dist.read_env())
+    return train_in_process(TrainRequest(args.config, args.run_dir, args.overrides))

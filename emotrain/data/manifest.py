@@ -22,6 +22,10 @@ from emotrain.labels import LabelScheme
 MANIFEST = "manifest.json"
 
 
+# (resolved path, mtime, size) -> the manifest read from it, for Manifest.load.
+_LOADED: dict[tuple[str, int, int], "Manifest"] = {}
+
+
 @dataclass
 class ShardEntry:
     name: str  # file name inside the split folder
@@ -67,7 +71,17 @@ class Manifest:
         """The manifest of ``shards_dir/split``, validated; a missing or malformed one is a UserError."""
         if not str(shards_dir):
             raise UserError("data.shards is not set: add --set data.shards=DIR (the folder `emotrain pack --out` wrote)")
-        return cls.read(cls.path_for(shards_dir, split))
+        path = Path(cls.path_for(shards_dir, split))
+        try:
+            stat = path.stat()
+        except OSError:
+            return cls.read(path)  # missing: read() says so in one line
+        # Loaded once per process: training, its periodic validation and evaluation ask for the same split
+        # again; a repack (another size or modification time) is read afresh.
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if key not in _LOADED:
+            _LOADED[key] = cls.read(path)
+        return _LOADED[key]
 
     @classmethod
     def read(cls, path: str | Path) -> Manifest:

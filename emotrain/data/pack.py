@@ -22,15 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 
+from emotrain.log import progress as progress_of
 from emotrain.data.avamerg import Conversation, MediaDirs, Skipped, read_conversations
 from emotrain.data.clips import EXTENSIONS, ClipSource, FolderClips
 from emotrain.config import to_dict
@@ -39,7 +38,7 @@ from emotrain.data.prepared import PreparedVideo, prepare_clip
 from emotrain.data.schema import UNLABELLED, VOCAB_FIELDS, mp4_member, wav_member
 from emotrain.data.splits import SPLITS, SplitRecipe, plan_splits
 from emotrain.errors import UserError
-from emotrain.files import write_atomic
+from emotrain.files import atomic_output, write_atomic
 from emotrain.labels import LabelScheme, normalise_word
 
 DONE_SUFFIX = ".done.json"
@@ -158,19 +157,18 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     record = finished_shard(task)
     if record is not None:
         return {**record, "resumed": True}
-    tmp = task.path.with_name(task.path.name + ".tmp")
     skipped: list[Skipped] = []
     clips = 0
     # A fixed member mtime makes a shard a pure function of its content, so re-packing the same
     # corpus gives the same bytes (and sha256) whether a shard was kept or redone. An int: a
     # float mtime costs every member an extra pax header block for readers to parse.
-    with wds.TarWriter(str(tmp), mtime=0) as sink:
-        for conv, labels in zip(task.conversations, task.labels):
-            sample, clip_skips, n = encode_conversation(conv, labels, task.clips, task.video)
-            sink.write(sample)
-            skipped.extend(clip_skips)
-            clips += n
-    os.replace(tmp, task.path)
+    with atomic_output(task.path) as tmp:
+        with wds.TarWriter(str(tmp), mtime=0) as sink:
+            for conv, labels in zip(task.conversations, task.labels):
+                sample, clip_skips, n = encode_conversation(conv, labels, task.clips, task.video)
+                sink.write(sample)
+                skipped.extend(clip_skips)
+                clips += n
     record = {
         "name": task.path.name,
         "conversations": len(task.conversations),
@@ -267,7 +265,7 @@ def _init_worker() -> None:
 def _run_tasks(tasks: list[ShardTask], workers: int, progress: bool) -> list[dict[str, Any]]:
     total = sum(len(t.conversations) for t in tasks)
     results: dict[Path, dict[str, Any]] = {}
-    bar = tqdm(total=total, unit="conv", desc="pack", disable=not progress, file=sys.stderr)
+    bar = progress_of(total=total, unit="conv", desc="pack", disable=not progress)
     if workers <= 1 or len(tasks) <= 1:
         for task in tasks:
             results[task.path] = write_shard(task)

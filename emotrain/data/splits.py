@@ -51,9 +51,10 @@ import hashlib
 import heapq
 from dataclasses import dataclass, field
 
+from emotrain.names import TEST, TRAIN, VAL
 from emotrain.data.avamerg import Conversation
 
-SPLITS = ("train", "val", "test")
+SPLITS = (TRAIN, VAL, TEST)  # the order of a recipe's fractions
 BALANCE_WEIGHT = 2.0  # one conversation of imbalance costs as much as two dropped ones (see above)
 MAX_SWEEPS = 100  # local-search passes over all avatars; each applied move strictly lowers the cost
 _EPS = 1e-9  # a move must improve the cost by more than this (float fractions), so the search terminates

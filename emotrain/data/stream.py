@@ -76,12 +76,20 @@ from emotrain.data.text import (
 )
 from emotrain.config import path_field
 from emotrain.errors import UserError
-from emotrain.training.preemption import ignore_stop_notices, stop_signals_blocked
+from emotrain.log import setup_logging
+from emotrain.signals import ignore_stop_notices, stop_signals_blocked
 
 log = logging.getLogger(__name__)
 
 SKIP_KINDS = ("shard_errors", "bad_conversations", "bad_clips")
 FORKSERVER = multiprocessing.get_context("forkserver")
+
+
+def init_worker(worker_id: int) -> None:
+    """A loader worker: the stop signals are its training process's to act on; its warnings (a skipped
+    sample) go to the same log channel and folder logs as that process's."""
+    ignore_stop_notices(worker_id)
+    setup_logging()
 # What loader workers import, loaded once by the fork server (a name that fails to import is skipped).
 WORKER_PRELOAD = [__name__, "emotrain.data.worker_preload"]
 
@@ -526,5 +534,5 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
         with stop_signals_blocked():
             multiprocessing.forkserver.ensure_running()
         kwargs.update(multiprocessing_context=FORKSERVER, prefetch_factor=4, persistent_workers=False,
-                      worker_init_fn=ignore_stop_notices)
+                      worker_init_fn=init_worker)
     return TurnLoader(torch.utils.data.DataLoader(dataset, **kwargs)), manifest

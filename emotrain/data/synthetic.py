@@ -45,9 +45,10 @@ from typing import Any
 import av
 import numpy as np
 import soundfile
-from tqdm import tqdm
 
+from emotrain.log import progress as progress_of
 from emotrain.errors import UserError
+from emotrain.files import write_atomic
 from emotrain.labels import load_scheme
 
 TARGET_SCHEME = "ekman7"
@@ -559,15 +560,13 @@ def generate_corpus(
     jobs = [(i, seed, spec, out_dir if media else None) for i in range(conversations)]
     records: list[dict[str, Any]] = []
     clips, seconds = 0, 0.0
-    with tqdm(total=conversations, desc="synth", unit="conv", disable=not progress) as bar:
+    with progress_of(total=conversations, desc="synth", unit="conv", disable=not progress) as bar:
         for record, n_clips, n_seconds in _built(jobs, workers):
             records.append(record)
             clips += n_clips
             seconds += n_seconds
             bar.update()
-    tmp = out_dir / f".{JSON_NAME}.tmp"
-    tmp.write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / JSON_NAME)
+    write_atomic(out_dir / JSON_NAME, json.dumps(records, indent=2, ensure_ascii=False) + "\n")
 
     scheme = load_scheme(TARGET_SCHEME)
     words = [t["chain_of_empathy"]["speaker_emotion"] for r in records for t in r["turns"]]
@@ -610,4 +609,4 @@ def write_vocab(path: Path) -> None:
     """Write ``vocab.txt`` for ``BertTokenizerFast``: any synthetic text tokenises without [UNK]."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(vocab_tokens()) + "\n", encoding="utf-8")
+    write_atomic(path, "\n".join(vocab_tokens()) + "\n")

@@ -7,12 +7,12 @@ evaluation, the demo, or starting a new run on another world size.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 
-from emotrain.rundir import RunDir
+from emotrain.files import atomic_output, write_atomic
+from emotrain.training.rundir import RunDir
 from emotrain.training.checkpoint import choose_tag
 from emotrain.training.master_weights import fp32_state_dict
 
@@ -30,7 +30,7 @@ def export_weights(run_dir: str | Path, out_dir: str | Path, tag: str | None = N
     target = out_dir / WEIGHTS
     save_weights(fp32_state_dict(run.root, tag), target, {"checkpoint": tag, "checkpoint_kind": kind})
     if config.resolve() != (out_dir / CONFIG).resolve():
-        shutil.copyfile(config, out_dir / CONFIG)
+        write_atomic(out_dir / CONFIG, config.read_bytes())
     return target
 
 
@@ -44,4 +44,5 @@ def save_weights(weights: dict[str, torch.Tensor], target: Path, metadata: dict[
         if tensor.data_ptr() in seen:
             weights[name] = tensor.clone()
         seen.add(tensor.data_ptr())
-    save_file({name: t.contiguous() for name, t in weights.items()}, str(target), metadata=metadata)
+    with atomic_output(target) as tmp:
+        save_file({name: t.contiguous() for name, t in weights.items()}, str(tmp), metadata=metadata)

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from emotrain.files import atomic_output, write_atomic
 from emotrain.errors import UserError
 
 CLASSES_FILE = "classes.json"
@@ -57,7 +58,7 @@ def save_predictions(path: str | Path, keys: Sequence[str], logits: np.ndarray, 
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:  # a file object keeps numpy from appending ".npz" to the name
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:  # a file object: numpy appends no ".npz"
         np.savez(fh, keys=preds.keys, logits=preds.logits, labels=preds.labels)
     return path
 
@@ -89,7 +90,7 @@ def save_classes(pred_dir: str | Path, classes: Sequence[str]) -> Path:
     """Write ``classes.json`` (the names of the logit columns) into a predictions folder."""
     path = Path(pred_dir) / CLASSES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(list(classes)) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(list(classes)) + "\n")
     return path
 
 

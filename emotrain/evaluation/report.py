@@ -7,13 +7,15 @@ node, and nothing to close. Input is the dictionary of :func:`emotrain.evaluatio
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from emotrain.evaluation.report_file import REPORT_FILE, EvalReport
+from emotrain.files import atomic_output
 
 SCALARS = ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall", "ece", "nll")
 
@@ -116,7 +118,8 @@ def render(fig: Figure) -> np.ndarray:
 
 def save_figure(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110)
+    with atomic_output(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
     return path
 
 
@@ -162,9 +165,7 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = out / "report.json"
-    report.write_text(json.dumps({**(extra or {}), "splits": results}, indent=2) + "\n", encoding="utf-8")
-    written = [report]
+    written = [EvalReport.from_results(results, extra).save(out / REPORT_FILE)]
     scalars: dict[str, float] = {}
     figures: dict[str, Figure] = {}
     for split, metrics in results.items():

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from emotrain.log import progress as progress_of
+from emotrain.names import VAL
 from emotrain.data.manifest import Manifest
 from emotrain.data.stream import DataConfig, Modalities, build_loader
 from emotrain.errors import UserError
@@ -30,7 +31,7 @@ from emotrain.evaluation.metrics import compute_metrics, log_softmax, macro_f1
 from emotrain.evaluation.predictions import save_classes, save_predictions
 from emotrain.evaluation.report import write_report
 from emotrain.models.inputs import model_inputs
-from emotrain.rundir import RunDir
+from emotrain.training.rundir import RunDir
 
 Predict = Callable[[Mapping[str, Any]], torch.Tensor]
 
@@ -52,7 +53,7 @@ def score_batches(predict: Predict, batches: Iterable[Mapping[str, Any]], num_cl
                   progress: bool = False) -> Scored:
     """Logits for every turn this rank reads, in fp32 whatever the compute dtype."""
     scored = Scored.empty(num_classes)
-    for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for batch in progress_of(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
         score_batch(predict, batch, scored)
     return scored
 
@@ -105,7 +106,7 @@ class PeriodicValidation:
         self.rank, self.world_size, self.device, self.num_classes = rank, world_size, device, num_classes
 
     def __call__(self, predict: Predict, step: int) -> dict[str, float]:
-        merged = score_split(predict, self.data, self.modalities, "val", self.batch_size, self.device, self.rank,
+        merged = score_split(predict, self.data, self.modalities, VAL, self.batch_size, self.device, self.rank,
                              self.world_size, self.num_classes, manifest=self.manifest)
         if merged is None or not merged.keys:
             return {}

@@ -18,7 +18,7 @@ from emotrain.data.stream import Modalities
 from emotrain.errors import UserError
 from emotrain.evaluation.export import WEIGHTS
 from emotrain.models import build_model
-from emotrain.rundir import RunDir
+from emotrain.training.rundir import RunDir
 from emotrain.training.checkpoint import choose_tag, step_of
 from emotrain.training.master_weights import fp32_state_dict
 from emotrain.training.run_config import RunConfig

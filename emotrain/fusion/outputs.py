@@ -7,10 +7,8 @@ chosen strategy, ``report.json`` with its confusion, per-class and reliability f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from emotrain.config import to_dict
 from emotrain.evaluation.report import (
     comparison_figure,
     log_to_tensorboard,
@@ -19,12 +17,15 @@ from emotrain.evaluation.report import (
     split_scalars,
     write_report,
 )
-from emotrain.fusion.pipeline import MODEL_NAMES, FusionConfig, FusionResult
+from emotrain.files import write_atomic
+from emotrain.fusion.fusion_file import FusionSummary
+from emotrain.fusion.pipeline import FusionConfig, FusionResult
+from emotrain.names import FUSION_ROLES, TEST
 
 
 def render_markdown(result: FusionResult, audio: Path, video: Path) -> str:
-    counts = result.counts["test"]
-    fallback = ", ".join(f"{counts[f'only_{n}']} only by {n}" for n in MODEL_NAMES)
+    counts = result.counts[TEST]
+    fallback = ", ".join(f"{counts[f'only_{n}']} only by {n}" for n in FUSION_ROLES)
     best_val = result.val_scores[result.chosen]
     return "\n".join([
         f"# Late fusion: {audio} + {video}",
@@ -42,17 +43,11 @@ def render_markdown(result: FusionResult, audio: Path, video: Path) -> str:
 def write_outputs(result: FusionResult, config: FusionConfig, audio: Path, video: Path, out: Path,
                   tensorboard: Path | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    summary = {
-        "audio_run": str(audio), "video_run": str(video), "classes": result.classes, "chosen": result.chosen,
-        "chosen_on": "val macro-F1, ties by val NLL", "val_scores": result.val_scores, "params": result.params,
-        "counts": result.counts, "config": to_dict(config), "test": result.rows,
-        "val": {result.chosen_row: result.chosen_val},  # fitted there: in-sample
-    }
-    (out / "fusion.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "fusion.md").write_text(render_markdown(result, audio, video), encoding="utf-8")
+    FusionSummary.from_result(result, config, audio, video).save(out)
+    write_atomic(out / "fusion.md", render_markdown(result, audio, video))
     bars = comparison_figure(result.rows, f"test: single models and late fusion (chosen: {result.chosen})")
     save_figure(bars, out / "fusion.png")
-    write_report(out, {"test": result.rows[result.chosen_row]},
+    write_report(out, {TEST: result.rows[result.chosen_row]},
                  extra={"system": result.chosen_row, "audio_run": str(audio), "video_run": str(video)},
                  tensorboard_dir=tensorboard)
     if tensorboard is not None:

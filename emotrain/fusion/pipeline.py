@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from emotrain.errors import UserError
+from emotrain.names import AUDIO_TEXT, FUSION_ROLES, VAL, TEST, VIDEO_TEXT, calibrated_row, fused_row, raw_row
 from emotrain.fusion.calibration import TemperatureConfig, fit_temperature, scaled_log_probs
 from emotrain.fusion.late import (
     ConfidenceConfig,
@@ -27,7 +28,6 @@ from emotrain.fusion.learned import GatingConfig, GatingFusion, StackingConfig, 
 from emotrain.fusion.runs import Aligned, RunPredictions, align, check_same_classes
 from emotrain.evaluation.metrics import BOOTSTRAP_RESAMPLES, ECE_BINS, compute_metrics
 
-MODEL_NAMES = ("audio", "video")
 
 
 @dataclass
@@ -98,7 +98,7 @@ class FusionResult:
 
     @property
     def chosen_row(self) -> str:
-        return f"fusion: {self.chosen}"
+        return fused_row(self.chosen)
 
 
 def _fused_with_fallback(strategy: FusionStrategy, test: Aligned) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +115,7 @@ def check_kinds(audio: RunPredictions, video: RunPredictions) -> None:
     """The audio run is model A, the video run model B, and they are two runs (when their configs say)."""
     if audio.path.resolve() == video.path.resolve():
         raise UserError(f"--audio and --video name the same run: {audio.path}")
-    for flag, run, kind in (("--audio", audio, "audio_text"), ("--video", video, "video_text")):
+    for flag, run, kind in (("--audio", audio, AUDIO_TEXT), ("--video", video, VIDEO_TEXT)):
         if run.kind is not None and run.kind != kind:
             raise UserError(f"{flag} {run.path} is a {run.kind} run, not {kind} (swapped --audio and --video?)")
 
@@ -124,10 +124,10 @@ def fuse_runs(a: RunPredictions, b: RunPredictions, config: FusionConfig) -> Fus
     """Fit every strategy on val (keys both models scored), pick one by val macro-F1, score all on test."""
     check_kinds(a, b)
     classes = check_same_classes(a, b)
-    val = align(a.splits["val"], b.splits["val"], "val")
-    test = align(a.splits["test"], b.splits["test"], "test")
-    for split, aligned in (("val", val), ("test", test)):
-        counts = aligned.counts(*MODEL_NAMES)
+    val = align(a.splits[VAL], b.splits[VAL], VAL)
+    test = align(a.splits[TEST], b.splits[TEST], TEST)
+    for split, aligned in ((VAL, val), (TEST, test)):
+        counts = aligned.counts(*FUSION_ROLES)
         scored = counts["both"] + counts["only_audio"] + counts["only_video"]
         if scored == 0 or counts["both"] / scored < config.min_key_overlap:
             raise UserError(
@@ -149,24 +149,24 @@ def fuse_runs(a: RunPredictions, b: RunPredictions, config: FusionConfig) -> Fus
 
     rows: dict[str, dict[str, Any]] = {}
     params: dict[str, dict[str, Any]] = {}
-    for name, run, val_logits in zip(MODEL_NAMES, (a, b), (val.a_logits, val.b_logits)):
-        preds = run.splits["test"]
+    for name, run, val_logits in zip(FUSION_ROLES, (a, b), (val.a_logits, val.b_logits)):
+        preds = run.splits[TEST]
         keep = preds.labels >= 0
         if not keep.any():
             raise UserError(f"{run.path}: no labelled test predictions")
         t = fit_temperature(val_logits, val.labels, config.temperature)
         params[name] = {"temperature": t}
-        rows[f"{name} (raw)"] = metrics(preds.logits[keep], preds.labels[keep], True)
-        rows[f"{name} (calibrated)"] = metrics(scaled_log_probs(preds.logits[keep], t), preds.labels[keep], True)
+        rows[raw_row(name)] = metrics(preds.logits[keep], preds.labels[keep], True)
+        rows[calibrated_row(name)] = metrics(scaled_log_probs(preds.logits[keep], t), preds.labels[keep], True)
     for strategy in strategies:
         params[strategy.name] = strategy.params()
-        rows[f"fusion: {strategy.name}"] = metrics(*_fused_with_fallback(strategy, test), False)
+        rows[fused_row(strategy.name)] = metrics(*_fused_with_fallback(strategy, test), False)
     return FusionResult(
         classes=classes,
         chosen=chosen.name,
         val_scores={t["value"].name: {"macro_f1": t["val_macro_f1"], "nll": t["val_nll"]} for t in trace},
         params=params,
-        counts={"val": val.counts(*MODEL_NAMES), "test": test.counts(*MODEL_NAMES)},
+        counts={VAL: val.counts(*FUSION_ROLES), TEST: test.counts(*FUSION_ROLES)},
         rows=rows,
         chosen_val=metrics(chosen.predict_proba(val.a_logits, val.b_logits), val.labels, False),
     )

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from emotrain.names import EVAL_SPLITS
 from emotrain.errors import UserError
-from emotrain.rundir import RunDir
+from emotrain.training.rundir import RunDir
 from emotrain.evaluation.predictions import CLASSES_FILE, Predictions, load_classes, load_predictions
 
-SPLITS = ("val", "test")
+SPLITS = EVAL_SPLITS
 
 
 @dataclass(frozen=True)

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from emotrain.log import get_logger
 from emotrain.config import ConfigError, from_dict, load_config, to_dict
 from emotrain.data.manifest import Manifest
 from emotrain.data.stream import DataConfig, Modalities
 from emotrain.errors import UserError
-from emotrain.fusion.pipeline import MODEL_NAMES, FusionConfig, restore_strategy
+from emotrain.fusion.pipeline import FusionConfig, restore_strategy
+from emotrain.names import FUSION_ROLES, ROLE_OF_KIND, VAL
 from emotrain.labels import LabelScheme
 from emotrain.models import ModelConfig
 
@@ -41,7 +42,7 @@ BUNDLE_FORMAT = 1
 INFO_FILE = "bundle.json"
 WEIGHTS_FILE, MODEL_FILE, DATA_FILE, VOCAB_FILE, TOKENIZER_DIR, ENCODERS_DIR = (
     "model.safetensors", "model.yaml", "data.yaml", "vocab.json", "tokenizer", "encoders")
-KIND_OF = {"audio": "audio_text", "video": "video_text"}  # bundle model name -> model.kind
+KIND_OF = {role: kind for kind, role in ROLE_OF_KIND.items()}  # bundle model name -> model.kind
 ENCODER_KINDS = {"text": "bert", "audio": "wav2vec2", "video": "timesformer"}  # ModelConfig part -> encoder kind
 
 
@@ -97,7 +98,7 @@ class BundleInfo:
         for name, model in self.models.items():
             if model.kind != KIND_OF[name]:
                 raise ValueError(f"models.{name} is a {model.kind} model, not {KIND_OF[name]}")
-        if self.fusion is not None and set(self.models) != set(MODEL_NAMES):
+        if self.fusion is not None and set(self.models) != set(FUSION_ROLES):
             raise ValueError("a fusion needs both an audio and a video model")
         if list(self.scheme.classes) != list(self.classes):
             raise ValueError("classes differ from the label scheme's")
@@ -119,20 +120,18 @@ class ModelSource:
 
 def source_from_run(run_dir: Path, tag: str | None = None, last: bool = False) -> ModelSource:
     """A run's (or an ``emotrain export`` folder's) model: its weights, config, and its shards' vocabularies and scheme."""
+    from emotrain.evaluation.report_file import EvalReport
     from emotrain.evaluation.trained_model import trained_weights
-    from emotrain.rundir import RunDir
+    from emotrain.training.rundir import RunDir
 
     run = RunDir(run_dir).require()
     cfg = run.read_config()
     weights, tag, kind = trained_weights(run, tag, last)
     manifest = Manifest.load(cfg.data.shards, "train")
     source: dict[str, Any] = {"run": str(run.root.resolve()), "checkpoint": tag, "checkpoint_kind": kind}
-    val_report = run.eval_dir("val") / "report.json"
-    try:
-        val = json.loads(val_report.read_text(encoding="utf-8"))["splits"]["val"]
-        source["val"] = {k: val[k] for k in ("accuracy", "macro_f1", "nll", "n") if k in val}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # not evaluated on val: the bundle says nothing about it
+    if run.eval_report(VAL).is_file():  # not evaluated on val: the bundle says nothing about it
+        val = EvalReport.load(run.eval_report(VAL)).metrics(VAL)
+        source[VAL] = {k: val[k] for k in ("accuracy", "macro_f1", "nll", "n") if k in val}
     return ModelSource(cfg.model, cfg.data, weights, manifest.vocab, manifest.scheme, cfg.eval_batch_size,
                        cfg.train.bf16, source)
 
@@ -140,22 +139,15 @@ def source_from_run(run_dir: Path, tag: str | None = None, last: bool = False) -
 def fusion_from_report(report_dir: Path, runs: dict[str, Path]) -> tuple[BundledFusion, dict[str, float]]:
     """The chosen strategy of ``emotrain fuse --out REPORT_DIR`` and each model's temperature; it must have
     been fitted on these runs."""
-    path = report_dir / "fusion.json"
-    if not path.is_file():
-        raise UserError(f"no fusion.json in {report_dir}: run `emotrain fuse --out {report_dir}` first")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        chosen, params = summary["chosen"], summary["params"]
-        config = from_dict(FusionConfig, summary["config"])
-        temperatures = {name: float(params[name]["temperature"]) for name in MODEL_NAMES}
-        fitted_on = {name: Path(summary[f"{name}_run"]) for name in MODEL_NAMES}
-        val_scores = dict(summary["val_scores"][chosen])
-    except (ValueError, KeyError, TypeError, ConfigError) as err:
-        raise UserError(f"{path}: not a fusion report ({type(err).__name__}: {err})") from None
+    from emotrain.fusion.fusion_file import FUSION_FILE, FusionSummary
+
+    summary = FusionSummary.load(report_dir)
     for name, run in runs.items():
-        if fitted_on[name].resolve() != run.resolve():
-            raise UserError(f"{path} was fitted on {name} run {fitted_on[name]}, not {run}")
-    return BundledFusion(chosen, params[chosen], config, val_scores, str(report_dir.resolve())), temperatures
+        if summary.fitted_on(name).resolve() != run.resolve():
+            raise UserError(f"{report_dir / FUSION_FILE} was fitted on {name} run {summary.fitted_on(name)}, not {run}")
+    temperatures = {name: summary.temperature(name) for name in FUSION_ROLES}
+    return (BundledFusion(summary.chosen, summary.chosen_params, summary.fusion_config(), summary.chosen_val_scores,
+                          str(report_dir.resolve())), temperatures)
 
 
 def _write_encoder_configs(model: ModelConfig, folder: Path) -> ModelConfig:
@@ -277,7 +269,7 @@ def _warn_versions(info: BundleInfo) -> None:
             continue
         want = made.get(name)
         if want and want.split(".")[0] != have.split(".")[0]:
-            print(f"emotrain: warning: the bundle was made with {name} {want}, this is {have}", file=sys.stderr)
+            get_logger(__name__).warning(f"emotrain: warning: the bundle was made with {name} {want}, this is {have}")
 
 
 def _load_model(root: Path, name: str, entry: BundledModel, num_classes: int, device: Any) -> LoadedModel:
@@ -341,7 +333,7 @@ def load_bundle(root: str | Path, device: Any = None) -> Bundle:
             strategy = restore_strategy(info.fusion.strategy, info.fusion.params, info.fusion.config)
         except ValueError as err:
             raise UserError(f"{root / INFO_FILE}: fusion: {err}") from None
-        expected = tuple(info.models[name].temperature for name in MODEL_NAMES)
+        expected = tuple(info.models[name].temperature for name in FUSION_ROLES)
         if any(abs(a - b) > 1e-9 * max(1.0, abs(b)) for a, b in zip(strategy.temperatures, expected)):
             raise UserError(f"{root / INFO_FILE}: the fusion's temperatures {strategy.temperatures} are not the "
                             f"models' {expected}")

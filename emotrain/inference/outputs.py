@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from emotrain.files import write_atomic
+from emotrain.files import atomic_output, write_atomic
 from emotrain.inference.predict import TurnPrediction
 from emotrain.inference.sources import PredictSummary
 
@@ -49,15 +49,13 @@ class PredictOutput:
         models = list(turns[0].present) if turns else []
         header = (["key", "conversation_id", "turn_id", "label", "path"] + [f"{m}_present" for m in models]
                   + [f"{system}_{c}" for system in systems for c in classes])
-        tmp = self.csv.with_name(self.csv.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with atomic_output(self.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(header)
             for t in turns:
                 writer.writerow([t.key, t.conversation_id, t.turn_id, t.label, t.path]
                                 + [int(t.present[m]) for m in models]
                                 + [f"{float(p):.6g}" for system in systems for p in t.probs[system]])
-        tmp.replace(self.csv)
 
 
 def read_predictions(path: Path) -> list[dict]:

@@ -13,15 +13,14 @@ which refuses a key seen twice); what was skipped, with why, travels as JSON bes
 from __future__ import annotations
 
 import json
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
+from emotrain.log import progress as progress_of
 from emotrain.data.avamerg import EMPTY_TURNS, MediaDirs, Skipped, read_conversations
 from emotrain.data.clips import AMBIGUOUS, FolderClips
 from emotrain.data.shardlists import Slot, eval_shards
@@ -89,7 +88,7 @@ def predict_folder(predictor: Predictor, json_path: Path, media: MediaDirs, rank
     counter = SkipCounter(keep_reasons=True)
 
     def samples():  # noqa: ANN202 - a generator of shard samples
-        for cid in tqdm(mine, desc="predict", unit="conv", disable=not (progress and rank == 0), file=sys.stderr):
+        for cid in progress_of(mine, desc="predict", unit="conv", disable=not (progress and rank == 0)):
             sample, skips = encode(by_id[cid], clips)
             clip_skips.extend(skips)
             yield sample

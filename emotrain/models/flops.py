@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emotrain.data.schema import SAMPLE_RATE
-from emotrain.models.build import ModelConfig
+from emotrain.models.model_config import ModelConfig
 from emotrain.models.encoders import (
     DEFAULT_PRETRAINED_FROZEN_LAYERS, EncoderKind, EncoderSpec, encoder_config, samples_for_frames, square_size,
 )

@@ -23,7 +23,7 @@ from emotrain.models.layers import (
 )
 
 if TYPE_CHECKING:
-    from emotrain.models.build import ModelConfig
+    from emotrain.models.model_config import ModelConfig
 
 
 class VideoTextModel(nn.Module):

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import submitit
 
-from emotrain.rundir import PREEMPTED
+from emotrain.training.rundir import PREEMPTED
 from emotrain.sweep.layout import COMPLETED, FAILED, PointStatus, SweepDir
 from emotrain.sweep.spec import Point, SweepConfig, expand_points, model_overrides
-from emotrain.workflow import EVAL_SPLITS, set_args
+from emotrain.names import EVAL_SPLITS
 
 
 def _find(cfg: SweepConfig, name: str) -> Point:
@@ -45,10 +45,10 @@ class PointJob(submitit.helpers.Checkpointable):
         self.point_name = point_name
 
     def __call__(self) -> str:
-        from emotrain.cli import main
+        from emotrain.recipes.evaluate import EvalRequest, evaluate_runs
+        from emotrain.recipes.jobs import TrainRequest, train_or_requeue
         from emotrain.sweep.runner import fuse_point
         from emotrain.training import distributed as dist
-        from emotrain.training.submitit_job import train_or_requeue
 
         start = time.perf_counter()
         sweep = SweepDir(Path(self.sweep_root))
@@ -60,14 +60,11 @@ class PointJob(submitit.helpers.Checkpointable):
         try:
             for stage, model in enumerate(cfg.models):
                 _stage_env(start_env, env.master_port, stage)
-                train_args = [cfg.train_config_of(model), "--run-dir", str(pdir.run(model).root),
-                              *set_args(model_overrides(cfg, point, model))]
-                if train_or_requeue(train_args).status == PREEMPTED:
+                request = TrainRequest(cfg.train_config_of(model), pdir.run(model).root, model_overrides(cfg, point, model))
+                if train_or_requeue(request).status == PREEMPTED:
                     return PREEMPTED  # rank 0 never gets here: submitit requeued the task and exited
-            runs = [str(pdir.run(model).root) for model in cfg.models]
             _stage_env(start_env, env.master_port, len(cfg.models))
-            if main(["evaluate", *runs, "--split", *EVAL_SPLITS, "--no-progress"]) != 0:
-                raise RuntimeError(f"evaluate failed for {self.point_name}")
+            evaluate_runs(EvalRequest([pdir.run(model).root for model in cfg.models], list(EVAL_SPLITS), progress=False))
             if rank == 0:
                 fuse_point(cfg, point, pdir)
                 pdir.write_status(PointStatus(COMPLETED, time.perf_counter() - start))

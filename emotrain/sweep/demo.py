@@ -8,18 +8,15 @@ each seed is exactly one single-seed demo run; the table is mean +/- std over th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from emotrain.config import find_config, load_config
 from emotrain.sweep.layout import SweepDir
 from emotrain.sweep.spec import MODELS, PairConfigs, SweepConfig
 from emotrain.sweep.summary import METRICS, SweepSummary
-
-if TYPE_CHECKING:
-    from emotrain.commands.demo import DemoConfig
+from emotrain.names import AUDIO_TEXT, METRIC_LABELS as LABELS, TEST, VIDEO_TEXT
+from emotrain.recipes.demo import DemoConfig
 
 DEFAULT_SWEEP = "sweeps/demo"
-LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1", "ece": "ECE"}
 
 
 def demo_sweep(demo: DemoConfig, shards: Path, sweep_file: str | None, seeds: int | None) -> SweepConfig:
@@ -29,7 +26,7 @@ def demo_sweep(demo: DemoConfig, shards: Path, sweep_file: str | None, seeds: in
     cfg.name = cfg.name or file.stem
     cfg.shards = str(shards)
     if sweep_file is None:  # the packaged demo sweep: the demo's own settings, whatever demo.yaml says now
-        cfg.pair = PairConfigs(demo.train_configs["audio_text"], demo.train_configs["video_text"], demo.fusion)
+        cfg.pair = PairConfigs(demo.train_configs[AUDIO_TEXT], demo.train_configs[VIDEO_TEXT], demo.fusion)
         cfg.train_config = None
         cfg.processes = demo.processes
     cfg.overrides = [*demo.train_overrides, *(f"{model}.{item}" for model in MODELS
@@ -50,7 +47,7 @@ def seeds_table(summary: SweepSummary) -> str:
             lines.append(f"{setting.name}: no seed completed")
             continue
         for system in summary.systems:
-            stats = setting.stats[system]["test"]
+            stats = setting.stats[system][TEST]
             cells = "".join(f"{stats[m].mean:>9.3f} +/- {stats[m].std:.3f}" for m in METRICS)
             mark = "  <- chosen on val" if setting.name == summary.chosen and system == summary.headline else ""
             lines.append(f"{setting.name}: {system}".ljust(width) + cells + f"   {len(setting.seeds)}{mark}")

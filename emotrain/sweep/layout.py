@@ -2,7 +2,7 @@
 
     SWEEP/sweep.yaml                         the sweep file as loaded (every path absolute)
     SWEEP/points/<setting>/seed<S>/          one point
-        run/  or  audio_text/ video_text/    ordinary run directories (emotrain.rundir.RunDir)
+        run/  or  audio_text/ video_text/    ordinary run directories (emotrain.training.rundir.RunDir)
         fusion/                              emotrain fuse's outputs (pair sweeps)
         point.json                           how the point ended (:class:`PointStatus`); "completed" = skip it
     SWEEP/report/                            sweep.md, sweep.json, sweep.png, tb/ (TensorBoard HParams)
@@ -21,7 +21,8 @@ from pathlib import Path
 import yaml
 
 from emotrain.files import write_atomic
-from emotrain.rundir import RunDir
+from emotrain.fusion.fusion_file import FUSION_FILE
+from emotrain.training.rundir import RunDir
 from emotrain.sweep.spec import Point, SweepConfig
 
 COMPLETED, FAILED = "completed", "failed"
@@ -50,7 +51,7 @@ class PointDir:
 
     @property
     def fusion_json(self) -> Path:
-        return self.fusion / "fusion.json"
+        return self.fusion / FUSION_FILE
 
     @property
     def status_path(self) -> Path:

@@ -17,11 +17,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from emotrain.evaluation.report import save_figure
+from emotrain.files import write_atomic
+from emotrain.names import METRIC_LABELS as LABELS, TEST
 from emotrain.sweep.layout import SweepDir
 from emotrain.sweep.spec import SweepConfig, expand_points
 from emotrain.sweep.summary import METRICS, SPLITS, SweepSummary, point_metrics
 
-LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1", "ece": "ECE"}
 PLOT_METRIC = "macro_f1"
 
 
@@ -67,7 +68,7 @@ def spread_figure(summary: SweepSummary) -> Figure:
     width = 0.8 / len(summary.systems)
     for k, system in enumerate(summary.systems):
         offset = (k - (len(summary.systems) - 1) / 2) * width
-        stats = [s.stats[system]["test"][PLOT_METRIC] for s in done]
+        stats = [s.stats[system][TEST][PLOT_METRIC] for s in done]
         ax.errorbar(x + offset, [st.mean for st in stats], yerr=[st.std for st in stats], fmt="o", capsize=4,
                     label=f"{system} (mean +/- std)")
         for i, st in enumerate(stats):
@@ -112,8 +113,8 @@ def write_hparams(cfg: SweepConfig, sweep: SweepDir, log_dir: Path) -> int:
 def write_report(cfg: SweepConfig, sweep: SweepDir, summary: SweepSummary) -> list[Path]:
     sweep.report_dir.mkdir(parents=True, exist_ok=True)
     md, js, png = sweep.report_markdown, sweep.report_json, sweep.report_plot
-    md.write_text(render_markdown(summary), encoding="utf-8")
-    js.write_text(json.dumps(asdict(summary), indent=2) + "\n", encoding="utf-8")
+    write_atomic(md, render_markdown(summary))
+    write_atomic(js, json.dumps(asdict(summary), indent=2) + "\n")
     save_figure(spread_figure(summary), png)
     write_hparams(cfg, sweep, sweep.report_tensorboard)
     return [md, js, png, sweep.report_tensorboard]

@@ -1,6 +1,6 @@
 """Running a sweep's points on this machine, one after another (CPU, or the GPUs of this machine).
 
-Each point is the workflow of :mod:`emotrain.workflow` (train each model, evaluate val and test, fuse a
+Each point is the workflow of :mod:`emotrain.recipes.workflow` (train each model, evaluate val and test, fuse a
 pair) into its own folder. A completed point (``point.json`` says so) is skipped; a point that fails
 is marked ``failed`` with its one-line reason and the next one starts; a point killed mid-way has no
 ``completed`` marker, so the next run does it again and its training resumes from its checkpoints.
@@ -11,14 +11,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from emotrain import workflow
+from emotrain.log import get_logger, log_to_folder
+from emotrain.names import AUDIO_TEXT, VIDEO_TEXT
+from emotrain.recipes import workflow
 from emotrain.config import ConfigError
 from emotrain.sweep.layout import COMPLETED, FAILED, PointDir, PointStatus, SweepDir
 from emotrain.sweep.spec import Point, SweepConfig, expand_points, fusion_overrides, model_overrides
 
+log = get_logger(__name__)
+
 
 def say(message: str) -> None:
-    print(f"[sweep] {message}", flush=True)
+    log.info(f"[sweep] {message}")
 
 
 @dataclass
@@ -34,7 +38,7 @@ def fuse_point(cfg: SweepConfig, point: Point, pdir: PointDir) -> None:
     """The fusion of a pair point (in this process; nothing to do for a one-model sweep)."""
     if cfg.pair is None:
         return
-    workflow.fuse(cfg.pair.fusion, pdir.run("audio_text").root, pdir.run("video_text").root, pdir.fusion,
+    workflow.fuse(cfg.pair.fusion, pdir.run(AUDIO_TEXT).root, pdir.run(VIDEO_TEXT).root, pdir.fusion,
                   fusion_overrides(cfg, point))
 
 
@@ -54,6 +58,7 @@ def run_point(cfg: SweepConfig, point: Point, pdir: PointDir, nproc: int) -> Non
 def run_local(cfg: SweepConfig, sweep: SweepDir) -> SweepOutcome:
     """Every point not yet completed, in order; returns what happened to each."""
     sweep.write_config(cfg)
+    log_to_folder(sweep.root)
     points = expand_points(cfg)
     nproc = workflow.local_ranks(cfg.processes)
     outcome = SweepOutcome([], [], [])

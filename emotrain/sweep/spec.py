@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emotrain.config import path_field
+from emotrain.names import MODEL_KINDS
 
-MODELS = ("audio_text", "video_text")
+MODELS = MODEL_KINDS
 FUSION_PREFIX = "fusion."
 
 

@@ -8,18 +8,18 @@ pair, the one model otherwise); test numbers are reported, never used to choose.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from emotrain.errors import UserError
+from emotrain.evaluation.report_file import EvalReport
+from emotrain.fusion.fusion_file import FusionSummary
+from emotrain.names import EVAL_SPLITS, FUSION, HEADLINE_METRICS, VAL
 from emotrain.sweep.layout import PointDir, SweepDir
 from emotrain.sweep.spec import Point, SweepConfig, expand_points, expand_settings
 
-SPLITS = ("val", "test")
-METRICS = ("accuracy", "macro_f1", "weighted_f1", "ece")
-FUSION = "fusion"
+SPLITS = EVAL_SPLITS
+METRICS = HEADLINE_METRICS
 # Two-sided 95% Student t quantiles for 1..30 degrees of freedom (then the normal 1.96): the interval of
 # a mean over a handful of seeds is much wider than +/- 2 std errors.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -71,26 +71,18 @@ class SweepSummary:
     settings: list[SettingSummary]
 
 
-def _read_json(path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-
-
 def point_metrics(cfg: SweepConfig, pdir: PointDir) -> tuple[dict[str, dict[str, dict[str, float]]], str | None]:
     """system -> split -> metric of one completed point, and the fusion strategy it chose (pairs)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for model in cfg.models:
         run = pdir.run(model)
-        out[model] = {split: {m: float(_read_json(run.eval_report(split))["splits"][split][m]) for m in METRICS}
-                      for split in SPLITS}
+        reports = {split: EvalReport.load(run.eval_report(split)) for split in SPLITS}
+        out[model] = {split: {m: reports[split].metric(split, m) for m in METRICS} for split in SPLITS}
     if cfg.pair is None:
         return out, None
-    fusion = _read_json(pdir.fusion_json)
-    row = f"fusion: {fusion['chosen']}"
-    out[FUSION] = {split: {m: float(fusion[split][row][m]) for m in METRICS} for split in SPLITS}
-    return out, fusion["chosen"]
+    fusion = FusionSummary.load(pdir.fusion)
+    out[FUSION] = {split: {m: float(fusion.chosen_metrics(split)[m]) for m in METRICS} for split in SPLITS}
+    return out, fusion.chosen
 
 
 def summarise(cfg: SweepConfig, sweep: SweepDir) -> SweepSummary:
@@ -120,7 +112,7 @@ def summarise(cfg: SweepConfig, sweep: SweepDir) -> SweepSummary:
                                   for split, metrics in splits.items()} for system, splits in collected.items()}
         settings.append(summary)
     done = [s for s in settings if s.seeds]
-    chosen = max(done, key=lambda s: s.stats[headline]["val"][cfg.select_metric].mean).name if done else None
+    chosen = max(done, key=lambda s: s.stats[headline][VAL][cfg.select_metric].mean).name if done else None
     return SweepSummary(
         name=cfg.name, systems=systems, headline=headline, select_metric=cfg.select_metric, chosen=chosen,
         chosen_on=f"val {cfg.select_metric} of {headline}, mean over seeds (test is never used to choose)",

@@ -1,2 +1,3 @@
-"""Training: the recipe that wires a run, the DeepSpeed loop, its config, checkpoints, optimizer,
-preemption, the launcher environment, seeding, losses and the run log."""
+"""Training machinery: the DeepSpeed loop, its config and precision, checkpoints, the optimizer, the launcher
+environment, seeding, losses, the run directory and the run log. What wires a run from them is
+:mod:`emotrain.recipes.train`, a layer above."""

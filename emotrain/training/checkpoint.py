@@ -26,7 +26,7 @@ import torch
 
 from emotrain.errors import UserError
 from emotrain.files import write_atomic
-from emotrain.rundir import RunDir
+from emotrain.training.rundir import RunDir
 from emotrain.training import distributed as dist
 from emotrain.training.best import BestState
 from emotrain.training.rng import capture_rng_state, restore_rng_state

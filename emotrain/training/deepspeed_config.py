@@ -130,13 +130,14 @@ def use_bf16(cfg: TrainConfig, accelerate: AccelerateSettings | None = None) -> 
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int, accelerate: AccelerateSettings | None = None) -> dict:
-    """The dict handed to ``deepspeed.initialize(config=...)``."""
+    """The dict handed to ``deepspeed.initialize(config=...)``. Its precision is ``cfg.bf16`` as the recipe
+    decided it (:func:`use_bf16`) and recorded in the run's config.yaml: not decided a second time here."""
     source = accelerate.deepspeed_config_file if accelerate and accelerate.deepspeed_config_file else cfg.deepspeed_config
     ds = read_deepspeed_json(source)
     zero = ds.setdefault("zero_optimization", {})
     if cfg.zero_stage is not None:
         zero["stage"] = cfg.zero_stage
-    bf16, clip = use_bf16(cfg, accelerate), cfg.grad_clip
+    bf16, clip = cfg.bf16, cfg.grad_clip
     if accelerate is not None:
         if accelerate.zero_stage is not None:
             zero["stage"] = accelerate.zero_stage

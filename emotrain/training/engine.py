@@ -11,12 +11,11 @@ SIGTERM or SIGUSR1 reached any rank (``preempted``: all ranks agree at the next 
 return), or after ``cfg.max_consecutive_nonfinite`` non-finite losses in a row (``nonfinite``).
 A checkpoint is written in every case. :data:`EXIT_CODES` is what ``launch/train.py`` should exit
 with: 0 for completed and preempted (a requeued job resumes from the checkpoint), 3 for nonfinite.
-The stop reasons are the words of the run's ``status.json`` (:mod:`emotrain.rundir`).
+The stop reasons are the words of the run's ``status.json`` (:mod:`emotrain.training.rundir`).
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -36,10 +35,11 @@ from emotrain.training.distributed import (
 )
 from emotrain.training.deepspeed_config import TrainConfig, deepspeed_config
 from emotrain.models.inputs import model_inputs
-from emotrain.rundir import COMPLETED, NONFINITE, PREEMPTED
+from emotrain.training.rundir import COMPLETED, NONFINITE, PREEMPTED
 from emotrain.training.best import BestState, observe
 from emotrain.training.optim import build_optimizer
-from emotrain.training.preemption import StopRequest
+from emotrain.log import get_logger
+from emotrain.signals import StopRequest
 from emotrain.training.rng import seed_all
 from emotrain.training.runlog import RunLog, write_run_metadata
 
@@ -48,6 +48,8 @@ EXIT_CODES = {COMPLETED: 0, PREEMPTED: 0, NONFINITE: 3}
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Predict = Callable[[Mapping[str, Any]], torch.Tensor]
 EvaluateFn = Callable[[Predict, int], Mapping[str, float]]
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -249,8 +251,8 @@ def fit(
             result.checkpoint = checkpoint.save(engine, run_dir, state, env, cfg.keep_checkpoints)
 
     if result.stop_reason == NONFINITE and env.is_main:
-        print(f"emotrain: stopped at step {state.step}: {cfg.max_consecutive_nonfinite} non-finite losses in a row "
-              f"(check the learning rate and inputs); checkpoint {result.checkpoint}", file=sys.stderr)
+        logger.error(f"emotrain: stopped at step {state.step}: {cfg.max_consecutive_nonfinite} non-finite losses in a "
+                     f"row (check the learning rate and inputs); checkpoint {result.checkpoint}")
     elif result.stop_reason == PREEMPTED:
         log.message(f"stop signal received: checkpoint at step {state.step}, exiting for requeue")
     log.close()

@@ -28,7 +28,7 @@ import torch
 
 from emotrain.console import library_output
 from emotrain.errors import UserError
-from emotrain.rundir import RunDir
+from emotrain.training.rundir import RunDir
 from emotrain.training.checkpoint import checkpoint_dir, choose_tag, latest_good_tag
 
 MODULE_FILE = "mp_rank_00_model_states.pt"  # ZeRO-0/1/2: the whole module (ZeRO-3 writes one per rank instead)

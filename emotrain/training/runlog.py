@@ -1,4 +1,4 @@
-"""What a run leaves for humans: TensorBoard scalars, a progress bar, ``versions.json``, ``deepspeed.json``.
+"""What a run leaves for humans: TensorBoard scalars, a progress bar (a periodic line when not on a terminal), ``versions.json``, ``deepspeed.json``.
 
 Only rank 0 writes; on other ranks every method is a no-op so the loop needs no rank checks.
 After a resume the writer purges events logged beyond the restored step (by the killed run) and
@@ -14,9 +14,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from tqdm import tqdm
+from emotrain.log import get_logger, progress
+from emotrain.training.rundir import RunDir
 
-from emotrain.rundir import RunDir
+log = get_logger(__name__)
 
 PACKAGES = ("emotrain", "torch", "deepspeed", "transformers", "accelerate", "webdataset", "numpy")
 
@@ -30,7 +31,7 @@ class RunLog:
 
             # Events up to the restored step describe the checkpointed state; later ones are the killed run's.
             self._writer = SummaryWriter(str(RunDir(run_dir).tensorboard), purge_step=start_step + 1 if start_step else None)
-            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+            self._bar = progress(total=total_steps, initial=start_step, desc="train", unit="step")
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self._writer is not None:
@@ -45,7 +46,7 @@ class RunLog:
 
     def message(self, text: str) -> None:
         if self._bar is not None:
-            self._bar.write(text)
+            log.info(text)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from emotrain.errors import UserError
-
-EVAL_SPLITS = ("val", "test")
+from emotrain.names import EVAL_SPLITS
 
 
 def local_ranks(cpu_processes: int) -> int:

@@ -3,11 +3,11 @@
 Every launcher ends up here on every rank (``emotrain train`` in one process, ``launch/train.py``
 under torchrun, accelerate, deepspeed, srun or submitit): the distributed environment is read in
 :mod:`emotrain.training.distributed`, the loop is :func:`emotrain.training.engine.fit`. What the run
-directory holds besides checkpoints (:class:`emotrain.rundir.RunDir`):
+directory holds besides checkpoints (:class:`emotrain.training.rundir.RunDir`):
 
 - ``config.yaml``: the resolved config, every path absolute and the precision actually used
   recorded, so evaluate and export read it from any directory;
-- ``status.json``: :class:`emotrain.rundir.RunStatus`, written at the end of every launch; a SLURM
+- ``status.json``: :class:`emotrain.training.rundir.RunStatus`, written at the end of every launch; a SLURM
   batch script requeues when it says ``preempted``;
 - ``versions.json``, ``deepspeed.json`` and TensorBoard events under ``tb/`` (from the engine).
 
@@ -31,14 +31,16 @@ from typing import Any
 
 import torch
 
+from emotrain.names import TRAIN, VAL
 from emotrain.data.manifest import Manifest
 from emotrain.data.schema import meta_vocab_sizes
 from emotrain.data.stream import SKIP_KINDS, Modalities, build_loader, prepared_video
 from emotrain.data.text import load_tokenizer
 from emotrain.errors import UserError
+from emotrain.log import get_logger, log_to_folder
 from emotrain.evaluation.scoring import PeriodicValidation
 from emotrain.models import build_model
-from emotrain.rundir import LAUNCH_ENV, RunDir, RunStatus
+from emotrain.training.rundir import LAUNCH_ENV, RunDir, RunStatus
 from emotrain.training import distributed as dist
 from emotrain.config import to_dict
 from emotrain.training.checkpoint import ResumeState, latest_complete_tag
@@ -47,6 +49,8 @@ from emotrain.training.deepspeed_config import use_bf16
 from emotrain.training.engine import fit
 from emotrain.training.losses import build_loss
 from emotrain.training.run_config import RunConfig
+
+log = get_logger(__name__)
 
 
 def check_tokenizer(cfg: RunConfig) -> None:
@@ -97,8 +101,7 @@ def load_initial_weights(model: torch.nn.Module, source: str, env: dist.DistEnv)
         model.load_state_dict(weights, strict=True)
     except RuntimeError as err:  # a shape differs
         raise UserError(f"train.init_from {source} does not fit this model: {str(err).splitlines()[-1].strip()}") from None
-    if env.is_main:
-        print(f"train: initialised from {source} (weights only; the optimizer starts afresh)")
+    log.info("train: initialised from %s (weights only; the optimizer starts afresh)", source)
 
 
 class TrainStream:
@@ -123,6 +126,7 @@ class TrainStream:
 def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
     """Train on this rank; every rank calls it. Returns the process exit code."""
     run = RunDir(run_dir)
+    log_to_folder(run.root)  # RUN/logs/emotrain.log: rank 0's messages, every rank's warnings and errors
     # Rank 0 holds the run's lock for the whole launch; a second launch fails on its rank 0, and the
     # launcher (torchrun, srun --kill-on-bad-exit) ends its other ranks.
     with run.lock() if env.is_main else contextlib.nullcontext():
@@ -130,7 +134,7 @@ def run_training(cfg: RunConfig, run_dir: str | Path, env: dist.DistEnv) -> int:
 
 
 def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
-    manifest = Manifest.load(cfg.data.shards, "train")
+    manifest = Manifest.load(cfg.data.shards, TRAIN)
     if manifest.turns_for(cfg.data.turns) == 0:
         raise UserError(f"{cfg.data.shards}/train holds no labelled turns (data.turns={cfg.data.turns})")
     check_tokenizer(cfg)
@@ -148,7 +152,7 @@ def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
     loss_fn = build_loss(cfg.loss, manifest.class_counts())
     stream = TrainStream(cfg, modalities, env, manifest)
     validation = None
-    val_manifest = Manifest.load(cfg.data.shards, "val")
+    val_manifest = Manifest.load(cfg.data.shards, VAL)
     if val_manifest.turns_for(cfg.data.turns) > 0:
         validation = PeriodicValidation(cfg.data, modalities, cfg.eval_batch_size, env.rank, env.world_size,
                                         dist.device_for(env), len(manifest.classes), val_manifest)
@@ -161,7 +165,7 @@ def _run_training(cfg: RunConfig, run: RunDir, env: dist.DistEnv) -> int:
                                    best_value=result.best_value,
                                    detail="early stopping" if result.early_stopped else None,
                                    launch_id=os.environ.get(LAUNCH_ENV)))
-        print(f"train: {result.stop_reason} at step {result.step}/{cfg.train.total_steps}"
+        log.info(f"train: {result.stop_reason} at step {result.step}/{cfg.train.total_steps}"
               + (" (early stopping)" if result.early_stopped else "")
               + (f" (resumed from step {result.resumed_from})" if result.resumed_from else "")
               + (f"; best {cfg.train.best_metric} at step {result.best_step}" if result.best_step is not None else "")

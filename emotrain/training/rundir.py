@@ -13,7 +13,7 @@ submitit job all find their files through :class:`RunDir`, so the layout is spel
     RUN/eval/<split>/            report.json and plots
     RUN/export/                  model.safetensors + config.yaml (emotrain export)
 
-``python -m emotrain.rundir status RUN [--launch ID]`` prints the status word (or ``unknown``): the
+``python -m emotrain.training.rundir status RUN [--launch ID]`` prints the status word (or ``unknown``): the
 one entry point shell scripts use instead of parsing the JSON themselves. With ``--launch``, a
 status written by another launch prints ``stale``: a relaunch that crashed before writing its own
 status leaves the previous launch's ``preempted`` behind, which must not requeue the job again.
@@ -200,19 +200,20 @@ LAUNCH_ENV = "EMOTRAIN_LAUNCH_ID"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m emotrain.rundir status RUN [--launch ID]``: the status word, ``unknown`` if there
-    is none, ``stale`` if ``--launch`` names another launch than the one that wrote it."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    launch = None
-    if len(args) == 4 and args[2] == "--launch":
-        args, launch = args[:2], args[3]
-    if len(args) != 2 or args[0] != "status":
-        print("usage: python -m emotrain.rundir status RUN_DIR [--launch ID]", file=sys.stderr)
-        return 2
-    status = RunDir(args[1]).read_status()
+    """``python -m emotrain.training.rundir status RUN [--launch ID]``: the status word, ``unknown`` if there
+    is none, ``stale`` if ``--launch`` names another launch than the one that wrote it (the SLURM script asks)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m emotrain.training.rundir",
+                                     description="print a run's status word (for scripts)")
+    parser.add_argument("query", choices=["status"])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--launch", default=None, help="the launch id this script started (EMOTRAIN_LAUNCH_ID)")
+    args = parser.parse_args(argv)
+    status = RunDir(args.run_dir).read_status()
     if status is None:
         print("unknown")
-    elif launch is not None and status.launch_id != launch:
+    elif args.launch is not None and status.launch_id != args.launch:
         print("stale")
     else:
         print(status.status)
