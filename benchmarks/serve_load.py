@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=0,
                         help="per point (default: 40 at concurrency 1, 12 at 8, 6 at 32)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="per point, at most")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the servers (default 1: on a "
+                        "small shared machine, spinning OpenMP threads oversubscribe the cores)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers it started (their own sessions)
 
@@ -114,7 +116,8 @@ def main() -> None:
                        ["--max-batch", str(args.max_batch), "--batch-timeout-ms", str(args.batch_timeout_ms)]}
         rows = []
         for name, flags in servers.items():
-            proc = ServerProcess(bundle, Path(tmp) / f"{len(rows)}.log", *flags, "--queue", "256")
+            proc = ServerProcess(bundle, Path(tmp) / f"{len(rows)}.log", *flags, "--queue", "256",
+                                 env={"OMP_NUM_THREADS": str(args.threads)})
             try:
                 proc.wait_ready()
                 run_point(proc.port, bodies, 2, 4, 30)  # warm-up
