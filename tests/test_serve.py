@@ -69,6 +69,7 @@ def assert_rows_equal(got: dict, want: dict, classes: list[str]) -> None:
         np.testing.assert_allclose(a, b, rtol=0, atol=TOL, err_msg=(got["key"], system_name))
 
 
+@pytest.mark.slow
 def test_concurrent_records_equal_emotrain_predict_whatever_their_batch(system, server, tmp_path):
     out = tmp_path / "predict"
     assert main(["predict", str(system["bundle"]), "--avamerg", str(system["corpus"]), "--json", "train.json",
@@ -94,6 +95,7 @@ def test_concurrent_records_equal_emotrain_predict_whatever_their_batch(system, 
     assert batched >= len(records) and batches < batched, "no batch held two requests"
 
 
+@pytest.mark.slow
 def test_the_worker_gives_the_same_rows_in_any_batch(system, tmp_path):
     """The inference worker's own path in this process: the same records scored with forward passes of 1, 3 and
     16 turns, and mixed with a bad request, give predict_conversation's rows (and the bad one its own 422)."""
@@ -134,6 +136,7 @@ def media_parts(corpus: Path, record: dict, text: str) -> list[tuple[str, str | 
             ("explain", None, b"true")]
 
 
+@pytest.mark.slow
 def test_a_recording_equals_emotrain_predict_media_on_the_same_files(system, server, tmp_path):
     record = system["records"][0]
     text = record["turns"][0]["dialogue_history"][0]["utterance"]
@@ -156,6 +159,7 @@ def test_a_recording_equals_emotrain_predict_media_on_the_same_files(system, ser
     assert str(server.tmp) not in reply.body.decode()  # no server path in the answer
 
 
+@pytest.mark.slow
 def test_health_info_metrics_and_openapi(system, server):
     assert request(server.port, "GET", "/health").status == 200
     info = request(server.port, "GET", "/v1/info").json()
@@ -202,6 +206,7 @@ FAULTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_a_bad_upload_is_one_json_line_and_the_server_stays_up(system, server, fault):
     build, path, status, words = FAULTS[fault]
@@ -213,6 +218,7 @@ def test_a_bad_upload_is_one_json_line_and_the_server_stays_up(system, server, f
     assert request(server.port, "GET", "/health").status == 200
 
 
+@pytest.mark.slow
 def test_an_empty_body_and_a_wrong_content_type_are_refused(server):
     empty = request(server.port, "POST", "/v1/predict/record", b"", {"Content-Type": "multipart/form-data; boundary=x"})
     assert empty.status == 400 and empty.json() == {"error": "empty request body"}
@@ -220,6 +226,7 @@ def test_an_empty_body_and_a_wrong_content_type_are_refused(server):
     assert wrong.status == 415 and "multipart/form-data" in wrong.json()["error"]
 
 
+@pytest.mark.slow
 def test_uploads_are_deleted_and_client_names_never_become_paths(system, server, tmp_path):
     record = system["records"][2]
     parts = media_parts(system["corpus"], record, "hello there")
@@ -231,6 +238,7 @@ def test_uploads_are_deleted_and_client_names_never_become_paths(system, server,
     assert list(server.tmp.glob("emotrain-serve-*")) == []  # every request's folder deleted (good and bad ones above)
 
 
+@pytest.mark.slow
 def test_64_concurrent_requests_against_a_queue_of_16_get_200_or_503(system, server):
     records = system["records"]
     bodies = [record_parts(system["corpus"], records[i % len(records)]) for i in range(64)]
@@ -249,6 +257,7 @@ def test_64_concurrent_requests_against_a_queue_of_16_get_200_or_503(system, ser
     assert busy and float(busy[1]) == statuses.count(503)
 
 
+@pytest.mark.slow
 def test_a_non_loopback_bind_needs_a_key(system, tmp_path):
     run = [sys.executable, "-m", "emotrain.cli", "serve", str(system["bundle"]), "--host", "0.0.0.0", "--port", "18999"]
     refused = subprocess.run(run, capture_output=True, text=True, timeout=60)
@@ -258,6 +267,7 @@ def test_a_non_loopback_bind_needs_a_key(system, tmp_path):
     assert short.returncode == 2 and "at least 16 characters" in short.stderr
 
 
+@pytest.mark.slow
 def test_the_key_is_required_and_a_request_past_its_timeout_gets_504(system, tmp_path):
     """A second server: loopback with --api-key-file, and a timeout no prediction can meet."""
     key = "k" * 24
@@ -362,6 +372,7 @@ def test_the_page_in_headless_chromium_shows_the_label_and_bars(system, server, 
         driver.quit()
 
 
+@pytest.mark.slow
 def test_sigterm_drains_requests_in_flight_then_exits_0(system, server):
     """Last: it stops the shared server. Requests in flight when SIGTERM arrives are answered; new ones get 503."""
     bodies = [record_parts(system["corpus"], r) for r in system["records"][:6]]
