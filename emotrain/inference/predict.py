@@ -21,10 +21,10 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from emotrain.evaluation.gather import Scored
 from emotrain.evaluation.scoring import model_predictor, score_batch, score_batches
 from emotrain.fusion.calibration import scaled_log_probs
 from emotrain.inference.bundle import Bundle, LoadedModel, load_bundle
+
+if TYPE_CHECKING:
+    from emotrain.inference.media import Cue, MediaLimits, MediaPrediction, Transcriber
 
 MAX_CLIP_BYTES = 64 * 2**20  # the pack's default --max-clip-mb
 FUSED, TEXT_ONLY = "fused", "fused_text_only"  # paths besides the model names (audio / video: that model alone)
@@ -209,6 +212,22 @@ class Predictor:
         counter = SkipCounter(keep_reasons=True)
         turns = self.combine(self.score_samples([sample], counter, batch_size))
         return ConversationPrediction(turns, skipped + clip_skips + counter_skips(counter))
+
+    def predict_media(self, media: str | Path | None = None, *, audio: str | Path | None = None,
+                      transcript: str | Path | Sequence[Cue] | None = None, asr: str | Path | Transcriber | None = None,
+                      speaker: str | None = None, explain: bool = False, limits: MediaLimits | None = None,
+                      batch_size: int | None = None) -> MediaPrediction:
+        """Every turn of a person's own recording: ``media`` a video (with or without its audio track) or an
+        audio file, ``audio`` a separate audio file; ``transcript`` an SRT/WebVTT/JSON/text file or a list of
+        :class:`Cue`, else ``asr`` (a Whisper hub name or folder, or a :class:`Transcriber`) finds the
+        utterances. ``speaker``: whose emotion is predicted (default: the first named). ``explain``: each
+        turn's attention over its history per model and each model's share in the fused decision. Bad
+        input is a one-line UserError; what was clipped or could not be used is in the result's ``notes``
+        and ``skipped``. See :mod:`emotrain.inference.media`."""
+        from emotrain.inference.media.run import predict_media
+
+        return predict_media(self, media, audio=audio, transcript=transcript, asr=asr, speaker=speaker,
+                             explain=explain, limits=limits, batch_size=batch_size)
 
 
 def clip_source(media: str | Path | MediaDirs | Mapping[str, bytes] | ClipSource) -> ClipSource:
