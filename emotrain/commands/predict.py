@@ -1,4 +1,4 @@
-"""``emotrain predict BUNDLE --avamerg DIR | --shards DIR --out OUT``: apply a bundle to new data.
+"""``emotrain predict BUNDLE --avamerg DIR | --shards DIR | --media FILE --out OUT``: apply a bundle to new data.
 
 Reads an AvaMERG-layout folder directly (``--avamerg``, with ``--json``, ``--audio-dir``, ``--video-dir`` as
 ``pack`` takes them; the official ``test.json`` layout included) or packed shards (``--shards``, ``--split``).
@@ -6,6 +6,10 @@ Runs on one process, or under torchrun / srun like ``evaluate`` (every turn pred
 gathered on rank 0). Writes ``OUT/predictions.jsonl`` (``--csv``: also ``predictions.csv``) and
 ``OUT/summary.json`` (see :mod:`emotrain.inference.outputs`); bad records and clips are listed there with
 their reason and never stop the run.
+
+``--media FILE`` (and/or ``--audio FILE``): a person's own recording, with ``--transcript`` (SRT, WebVTT,
+JSON cues or text) or ``--asr`` (Whisper); see :mod:`emotrain.inference.media` and its ``write`` module for
+what is written.
 """
 
 from __future__ import annotations
@@ -18,9 +22,23 @@ from emotrain.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", type=Path, help="a bundle folder (`emotrain bundle --out`)")
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--avamerg", type=Path, help="an AvaMERG-layout folder, read directly")
     source.add_argument("--shards", type=Path, help="packed shards (the folder `emotrain pack --out` wrote)")
+    source.add_argument("--media", type=Path, help="your own recording: a video (mp4, mov, mkv, webm; with or "
+                        "without its audio track) or an audio file (wav, flac, mp3, ogg)")
+    media = parser.add_argument_group("your own recording (--media and/or --audio)")
+    media.add_argument("--audio", type=Path, help="the recording's audio as a separate file (wav, flac, mp3, ogg)")
+    media.add_argument("--transcript", type=Path, help="SRT or WebVTT subtitles (a speaker by <v Name> or 'Name: '), "
+                       "a JSON list of {start, end, speaker, text}, or plain text for one utterance")
+    media.add_argument("--asr", help="without a transcript: a Whisper model (hub name or local folder) for speech "
+                       "recognition; its segments become the utterances")
+    media.add_argument("--speaker", help="whose emotion is predicted (default: the first speaker named)")
+    media.add_argument("--explain", action="store_true", help="per turn, each model's attention over its "
+                       "utterances and its share in the fused decision")
+    media.add_argument("--max-media-mb", type=float, default=16384.0, help="larger files are refused (default: %(default)s)")
+    media.add_argument("--max-minutes", type=float, default=240.0, help="longer recordings are refused (default: %(default)s)")
+    media.add_argument("--no-plot", action="store_true", help="no timeline.png")
     parser.add_argument("--json", default="test.json", help="--avamerg: the JSON file in it (default: %(default)s)")
     parser.add_argument("--audio-dir", type=Path, help="--avamerg: the wav folder (default: DIR/audio_v5_0, else DIR)")
     parser.add_argument("--video-dir", type=Path, help="--avamerg: the mp4 folder (default: DIR/video_v5_0, else DIR)")
@@ -33,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    media = args.media is not None or args.audio is not None
+    if sum((args.avamerg is not None, args.shards is not None, media)) != 1:
+        raise UserError("pass one of --avamerg DIR, --shards DIR or --media FILE (and/or --audio FILE)")
+    if not media and any(v is not None for v in (args.transcript, args.asr, args.speaker)):
+        raise UserError("--transcript, --asr and --speaker go with --media / --audio")
+    if args.max_media_mb <= 0 or args.max_minutes <= 0:
+        raise UserError("--max-media-mb and --max-minutes must be > 0")
     if args.avamerg is not None:
         if not args.avamerg.is_dir():
             raise UserError(f"AvaMERG folder not found: {args.avamerg}")
@@ -54,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from emotrain.training import distributed as dist
 
     _check(args)
+    if args.media is not None or args.audio is not None:
+        return _run_media(args)
     env = dist.read_env()
     device = dist.init_distributed(env) if env.world_size > 1 else dist.device_for(env)
     progress = not args.no_progress
@@ -74,4 +101,23 @@ def run(args: argparse.Namespace) -> int:
         output.write(turns, predictor.classes, summary, args.csv)
         print(summary.line())
         print(f"predictions: {output.jsonl}{'  ' + str(output.csv) if args.csv else ''}  summary: {output.summary}")
+    return 0
+
+
+def _run_media(args: argparse.Namespace) -> int:
+    """One process: a recording is one conversation, its turns depend on their history."""
+    from emotrain.inference.media import MediaLimits
+    from emotrain.inference.media.write import MediaOutput
+    from emotrain.inference.predict import Predictor
+
+    predictor = Predictor.load(args.bundle)
+    limits = MediaLimits(max_bytes=int(args.max_media_mb * 2**20), max_seconds=args.max_minutes * 60.0)
+    result = predictor.predict_media(args.media, audio=args.audio, transcript=args.transcript, asr=args.asr,
+                                     speaker=args.speaker, explain=args.explain, limits=limits)
+    output = MediaOutput(args.out)
+    output.write(result, with_csv=args.csv, plot=not args.no_plot)
+    for note in result.notes:
+        print(f"note: {note}")
+    print(result.line())
+    print("wrote: " + "  ".join(str(p) for p in output.files(args.csv, not args.no_plot)))
     return 0

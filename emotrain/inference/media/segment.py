@@ -3,7 +3,8 @@
 Roles: AvaMERG has two, the *speaker* (whose emotion each turn asks for) and the *listener*. The
 person named by ``speaker`` (default: the first cue's speaker) is the speaker; everyone else is a
 listener. A cue without a name in a transcript that names speakers continues the previous cue's
-speaker (subtitles usually name a speaker once); a transcript that names nobody (and speech
+speaker (subtitles usually name a speaker once), and those before the first name are the first named
+person's; a transcript that names nobody (and speech
 recognition, which never does) is taken as one person talking: every utterance is the speaker's.
 Each speaker utterance is a turn, classified with its dialogue history, as AvaMERG turns are.
 
@@ -75,8 +76,8 @@ def assign_roles(cues: list[Cue], speaker: str | None) -> tuple[list[MediaUttera
                             f"{', '.join(repr(n) for n in names)}")
         target = matches[0]
     if names and not cues[0].speaker:
-        filled = [target if not name else name for name in filled]  # cues before the first name
-        notes.append("the cues before the first named one are taken as the speaker's")
+        filled = [name or names[0] for name in filled]  # cues before the first name
+        notes.append(f"the cues before the first named one are taken as {names[0]!r}'s")
     utterances = [MediaUtterance(i, cue.start, cue.end, name, SPEAKER if name == target or not names else LISTENER,
                                  cue.text) for i, (cue, name) in enumerate(zip(cues, filled))]
     if not any(u.role == SPEAKER for u in utterances):

@@ -24,7 +24,7 @@ _TIME = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2})(?:[.,](\d{1,3}))?$")
 _ARROW = re.compile(r"^\s*(\S+)\s+-->\s+(\S+)")
 _VOICE = re.compile(r"<v(?:\.[^\s>]*)?\s+([^>]+)>")
 _TAG = re.compile(r"</?[^>]+>")
-_PREFIX = re.compile(r"^\s*([A-Za-z0-9][\w .\-]{0,31}?)\s*:\s+(\S.*)$", re.S)
+_PREFIX = re.compile(r"^\s*([A-Za-z0-9][\w .\-]{0,31}?)\s*:(?:\s+(\S.*))?$", re.S)
 
 
 @dataclass
@@ -51,10 +51,11 @@ def parse_time(value: str) -> float:
 
 def format_time(seconds: float, sep: str = ",") -> str:
     """seconds -> ``hh:mm:ss,mmm`` (``sep="."``: WebVTT)."""
-    millis = max(0, int(round(seconds * 1000)))
+    millis = int(round(seconds * 1000))
+    sign, millis = ("-" if millis < 0 else ""), abs(millis)
     hours, rest = divmod(millis, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}{sep}{rest % 1000:03d}"
+    return f"{sign}{hours:02d}:{minutes:02d}:{rest // 1000:02d}{sep}{rest % 1000:03d}"
 
 
 def split_speaker(text: str) -> tuple[str, str]:
@@ -65,7 +66,7 @@ def split_speaker(text: str) -> tuple[str, str]:
     if not speaker:
         prefix = _PREFIX.match(plain)
         if prefix and not prefix.group(1).strip().isdigit():
-            speaker, plain = prefix.group(1).strip(), prefix.group(2).strip()
+            speaker, plain = prefix.group(1).strip(), (prefix.group(2) or "").strip()
     return speaker, plain
 
 
