@@ -125,11 +125,20 @@ def _probe_file(path: Path, limits: MediaLimits) -> tuple[StreamInfo | None, Str
                                channels=int(s.codec_context.channels or 0))
         if container.streams.video:
             s = container.streams.video[0]
-            if s.codec_context.name not in ("mjpeg", "png") or s.frames > 1:  # cover art is not a video
+            if not _attached_picture(s):  # an mp3's or m4a's cover art is not a video
                 rate = s.average_rate or s.guessed_rate
                 video = StreamInfo(path, "video", s.codec_context.name, seconds(s), width=s.codec_context.width,
                                    height=s.codec_context.height, fps=float(rate) if rate else 0.0)
     return audio, video
+
+
+def _attached_picture(stream) -> bool:  # noqa: ANN001 - an av video stream
+    import av
+
+    try:
+        return bool(stream.disposition & av.stream.Disposition.attached_pic)
+    except (AttributeError, TypeError):
+        return stream.codec_context.name in ("mjpeg", "png") and stream.frames <= 1
 
 
 def probe(media: Path | None, audio_file: Path | None, limits: MediaLimits) -> MediaInfo:
@@ -272,15 +281,21 @@ def video_spans(info: StreamInfo, spans: list[tuple[float, float]], num_frames: 
     times = np.array(stamps, dtype=np.int64)
     eps = 1e-6
     wanted: list[np.ndarray] = []  # per span, the chosen stamps (repeats allowed: a short span repeats frames)
+    seconds = times * base
     for start, end in spans:
-        inside = times[(times * base >= start - eps) & (times * base < end - eps)]
+        lo, hi = np.searchsorted(seconds, [start - eps, end - eps], side="left")
+        inside = times[lo:hi]  # the frames shown from start (inclusive) to end (exclusive)
         rng = np.random.default_rng(0)  # unused: frame_indices draws nothing without jitter
         wanted.append(inside[frame_indices(len(inside), num_frames, False, rng)] if len(inside) else inside)
     i, got, failure, reached = 0, {}, "", 0.0
     last = [int(w[-1]) if len(w) else None for w in wanted]
 
+    end_of_stream = float(times[-1] * base) if len(times) else 0.0
+
     def ready(k: int) -> tuple[np.ndarray | None, str]:
         if not len(wanted[k]):
+            if spans[k][0] > end_of_stream:
+                return None, f"the video stream ends at {end_of_stream:.2f} s"
             return None, "no video frame in the span"
         if any(int(s) not in got for s in wanted[k]):
             return None, failure or "a chosen frame did not decode"
@@ -362,7 +377,7 @@ def media_spans(info: MediaInfo, spans: list[tuple[float, float]], num_frames: i
 def audio_windows(info: StreamInfo, seconds: float) -> Iterator[tuple[float, np.ndarray]]:
     """(start, 16 kHz mono samples) of consecutive ``seconds``-long windows of a whole audio stream: what
     speech recognition reads, a window at a time."""
-    total = info.duration or 0.0
+    total = info.duration or MediaLimits().max_seconds  # unknown length: windows until the stream ends
     count = max(1, math.ceil(total / seconds))
     spans = [(k * seconds, (k + 1) * seconds) for k in range(count)]
     for (start, _), (samples, _) in zip(spans, audio_spans(info, spans)):
