@@ -114,7 +114,7 @@ def main() -> None:
                 step += 1
                 if step >= args.steps:
                     break
-        print(f"trained {args.steps} steps of 16 turns in {time.perf_counter() - began:.0f} s, last loss {float(loss):.4f}")
+        print(f"trained {args.steps} steps of 16 turns in {time.perf_counter() - began:.0f} s, last loss {loss.item():.4f}")
         trained = bundle_of(model.eval(), cfg, work / "trained")
 
         test_ids = set(manifests["test"].conversation_ids)

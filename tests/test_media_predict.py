@@ -382,6 +382,8 @@ def test_transcript_limits_and_asr_folder_errors_are_one_line(system_paths, tmp_
     bert = bundle / "audio" / "encoders" / "text"  # a model folder, but a text encoder's config only
     line = _cli_error(capsys, bundle, "--media", wav, "--asr", bert, "--out", out)
     assert line.startswith(f"emotrain predict: error: --asr {bert}: ")
+    with pytest.raises(UserError, match=r"speech recognition \(function\) found no speech in .*talk.wav: pass --transcript"):
+        Predictor.load(bundle).predict_media(wav, asr=lambda samples: [])  # a recogniser that hears nothing
     line = _cli_error(capsys, bundle, "--media", wav, "--transcript", srt, "--speaker", "Zed", "--out", out)
     assert "--speaker 'Zed' is not in the transcript" in line
     with pytest.raises(SystemExit):
@@ -441,3 +443,14 @@ def test_tiny_random_whisper_from_a_local_folder_offline(system_paths, tmp_path,
         assert {r["speaker"] for r in rows} == {""}
     else:
         assert code == 2 and "found no speech" in err.strip().splitlines()[-1]
+
+
+def test_many_turns_come_in_time_order(system_paths, tmp_path):
+    """Turn keys sort as text ("_10" before "_2"); the rows, subtitles and plot follow the time."""
+    wav = tmp_path / "talk.wav"
+    soundfile.write(wav, 0.1 * np.random.default_rng(1).standard_normal(16000 * 3).astype(np.float32), 16000,
+                    subtype="PCM_16")
+    cues = [Cue(i * 0.25, (i + 1) * 0.25, "", f"word {i}") for i in range(12)]
+    result = Predictor.load(system_paths).predict_media(wav, transcript=cues)
+    assert [t.utterance.text for t in result.turns] == [f"word {i}" for i in range(12)]
+    assert [t.prediction.turn_id for t in result.turns] == list(range(12))

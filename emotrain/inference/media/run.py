@@ -178,7 +178,8 @@ def predict_media(predictor: "Predictor", media: str | Path | None = None, *, au
     timings["preprocess"] = time.perf_counter() - began - timings["decode"] - timings["model"]
     predictions = predictor.combine(scored)
     speaker_utterances = [u for u in utterances if u.role == "speaker"]
-    turns = [MediaTurn(p, speaker_utterances[p.turn_id]) for p in predictions]
+    # in time order (the keys sort as text: "_10" before "_2")
+    turns = sorted((MediaTurn(p, speaker_utterances[p.turn_id]) for p in predictions), key=lambda t: t.utterance.index)
     if recorder is not None:
         from emotrain.inference.media.explain import fusion_shares
 
