@@ -193,11 +193,12 @@ def test_joined_conversations_equal_predict_avamerg_lossless_and_lossy(system, t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rate,size,fps", [(8_000, (40, 30), 6), (44_100, (64, 48), 10), (48_000, (20, 36), 4)])
-def test_other_sample_rates_stereo_sizes_and_frame_rates(system, tmp_path, rate, size, fps):
+@pytest.mark.parametrize("rate,size,fps,container", [(8_000, (40, 30), 6, "mkv"), (44_100, (64, 48), 10, "mov"),
+                                                     (48_000, (20, 36), 4, "mkv")])
+def test_other_sample_rates_stereo_sizes_and_frame_rates(system, tmp_path, rate, size, fps, container):
     record = system["records"][1]
     joined = join_conversation(system["corpus"], record, tmp_path, audio_rate=rate, channels=2, size=size, fps=fps,
-                               transcript="vtt")
+                               transcript="vtt", container=container)
     result = system["predictor"].predict_media(joined.path, transcript=joined.transcript, batch_size=1)
     assert result.info.audio.rate == rate and result.info.audio.channels == 2
     assert (result.info.video.width, result.info.video.height) == size

@@ -10,6 +10,7 @@ turn expander and collate, the models, calibration and fusion (:class:`Predictor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import threading
@@ -164,7 +165,7 @@ def predict_media(predictor: "Predictor", media: str | Path | None = None, *, au
     runner.predict_fns = {name: _timed(fn, timings) for name, fn in predictor.predict_fns.items()}
     counter = SkipCounter(keep_reasons=True)
     began = time.perf_counter()
-    with _EXPLAIN_LOCK if explain else _nothing():
+    with _EXPLAIN_LOCK if explain else contextlib.nullcontext():
         if explain:
             from emotrain.inference.media.explain import AttentionRecorder
 
@@ -193,14 +194,6 @@ def predict_media(predictor: "Predictor", media: str | Path | None = None, *, au
     skipped += [Skipped("turn", f"utterance {u.index}", "not scored (see the clip and conversation skips)") for u in missing]
     return MediaPrediction(turns, utterances, list(predictor.classes), target, info, notes, skipped,
                            {k: round(v, 4) for k, v in timings.items()})
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _timed(fn: Any, timings: dict[str, float]) -> Any:
