@@ -184,7 +184,7 @@ def predict_media(predictor: "Predictor", media: str | Path | None = None, *, au
     if recorder is not None:
         from emotrain.inference.media.explain import fusion_shares
 
-        shares = fusion_shares(predictor, predictions)
+        shares = fusion_shares(predictor, [t.prediction for t in turns])  # in the turns' (time) order
         for turn, share in zip(turns, shares):
             turn.explanation = {"attention": recorder.for_turn(turn.prediction.key, turn.utterance.index),
                                 "fusion_share": share}
