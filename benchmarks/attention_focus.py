@@ -30,7 +30,7 @@ def bundle_of(model, cfg, root: Path) -> Path:  # noqa: ANN001
     """An export-style run folder of ``model`` (config + weights) bundled alone."""
     from emotrain.cli import main as cli
     from emotrain.evaluation.export import WEIGHTS, save_weights
-    from emotrain.rundir import RunDir
+    from emotrain.training.rundir import RunDir
 
     run = RunDir(root / "run")
     run.write_config(cfg)

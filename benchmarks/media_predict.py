@@ -173,9 +173,10 @@ def main() -> None:
         print(f"  {'other':<10} {other:7.1f} s  {100 * other / first['wall']:4.0f}%  (probe, transcript, frame time "
               "stamps pass, fusion)")
         for minutes, r in results.items():
-            print(f"peak RSS, {minutes:g}-minute file: {r['rss_peak_kib'] / 1024:.0f} MiB "
-                  f"(model loaded: {r['rss_loaded_kib'] / 1024:.0f} MiB; {r['turns']} turns, "
-                  f"real-time factor {r['duration'] / r['wall']:.1f}x)")
+            grown = (r["rss_peak_kib"] - r["rss_loaded_kib"]) / 1024
+            print(f"peak RSS, {minutes:g}-minute file: {r['rss_peak_kib'] / 1024:.0f} MiB, {grown:.0f} MiB above the "
+                  f"model loaded ({r['rss_loaded_kib'] / 1024:.0f} MiB); {r['turns']} turns, "
+                  f"real-time factor {r['duration'] / r['wall']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -57,9 +57,10 @@ def _convert_audio(samples: np.ndarray, rate: int, target: int, channels: int) -
 
 def join_conversation(corpus: Path, record: dict, out_dir: Path, *, unit: float = 0.5, audio_rate: int | None = None,
                       channels: int = 1, size: tuple[int, int] | None = None, fps: int | None = None,
-                      lossless: bool = True, transcript: str = "srt") -> Joined:
+                      lossless: bool = True, transcript: str = "srt", container: str | None = None) -> Joined:
     """Join one conversation's clips (see the module docstring); ``size`` (w, h) and ``fps`` re-render the video
-    (nearest frame in time, bilinear scaling), ``audio_rate`` and ``channels`` the audio."""
+    (nearest frame in time, bilinear scaling), ``audio_rate`` and ``channels`` the audio; ``container``: the
+    file's extension (default mkv lossless, mp4 lossy)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     reference = out_dir / "reference"
     (reference / "audio_v5_0").mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ def join_conversation(corpus: Path, record: dict, out_dir: Path, *, unit: float 
     turns = [{"turn_id": t["turn_id"], "dialogue_history": t["dialogue_history"]} for t in record["turns"]]
     (reference / "test.json").write_text(json.dumps([{"conversation_id": cid, "turns": turns}]), encoding="utf-8")
     # the joined file
-    suffix = "mkv" if lossless else "mp4"
+    suffix = container or ("mkv" if lossless else "mp4")
     path = out_dir / f"conversation-{cid}.{suffix}"
     cues, t = [], 0.0
     rate_out = audio_rate or 16_000

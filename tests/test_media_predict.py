@@ -193,11 +193,12 @@ def test_joined_conversations_equal_predict_avamerg_lossless_and_lossy(system, t
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rate,size,fps", [(8_000, (40, 30), 6), (44_100, (64, 48), 10), (48_000, (20, 36), 4)])
-def test_other_sample_rates_stereo_sizes_and_frame_rates(system, tmp_path, rate, size, fps):
+@pytest.mark.parametrize("rate,size,fps,container", [(8_000, (40, 30), 6, "mkv"), (44_100, (64, 48), 10, "mov"),
+                                                     (48_000, (20, 36), 4, "mkv")])
+def test_other_sample_rates_stereo_sizes_and_frame_rates(system, tmp_path, rate, size, fps, container):
     record = system["records"][1]
     joined = join_conversation(system["corpus"], record, tmp_path, audio_rate=rate, channels=2, size=size, fps=fps,
-                               transcript="vtt")
+                               transcript="vtt", container=container)
     result = system["predictor"].predict_media(joined.path, transcript=joined.transcript, batch_size=1)
     assert result.info.audio.rate == rate and result.info.audio.channels == 2
     assert (result.info.video.width, result.info.video.height) == size
@@ -467,3 +468,21 @@ def test_many_turns_come_in_time_order(system_paths, tmp_path):
     result = Predictor.load(system_paths).predict_media(wav, transcript=cues)
     assert [t.utterance.text for t in result.turns] == [f"word {i}" for i in range(12)]
     assert [t.prediction.turn_id for t in result.turns] == list(range(12))
+
+
+@pytest.mark.slow
+def test_fusion_shares_belong_to_their_turns(system, tmp_path):
+    """Each turn's share is computed from its own probabilities, also past ten turns (keys sort as text)."""
+    joined = join_conversation(system["corpus"], system["records"][0], tmp_path)
+    cues = [Cue(c["start"] + k * (c["end"] - c["start"]) / 3, c["start"] + (k + 1) * (c["end"] - c["start"]) / 3, "",
+                f"{c['text']} ({k})") for c in joined.cues for k in range(3)]
+    result = system["predictor"].predict_media(joined.path, transcript=cues, explain=True)
+    assert len(result.turns) == 3 * len(joined.cues) > 10
+    classes = system["predictor"].classes
+    for turn in result.turns:
+        share, probs = turn.explanation["fusion_share"], turn.prediction.probs
+        if turn.prediction.path in ("fused", "fused_text_only"):  # the stand-in system's stacking: probability shares
+            k = classes.index(turn.label)
+            assert share["audio"] == pytest.approx(probs["audio"][k] / (probs["audio"][k] + probs["video"][k]), abs=1e-6)
+        else:
+            assert share == {name: float(name == turn.prediction.path) for name in ("audio", "video")}

@@ -92,6 +92,7 @@ class AttentionRecorder:
 def fusion_shares(predictor: "Predictor", turns: list["TurnPrediction"]) -> list[dict[str, float]]:
     """Each model's share in each turn's fused decision (see the module docstring)."""
     from emotrain.fusion.learned import GatingFusion, _gate_inputs
+    from emotrain.names import FUSION_ROLES
 
     names = list(predictor.bundle.models)
     if len(names) == 1 or not turns:
@@ -103,12 +104,13 @@ def fusion_shares(predictor: "Predictor", turns: list["TurnPrediction"]) -> list
         if i not in set(both):
             out[i] = {name: float(name == t.path) for name in names}
     if isinstance(strategy, GatingFusion) and strategy.gate is not None and both:
-        log_pa = np.log(np.clip(np.stack([turns[i].probs["audio"] for i in both]), 1e-12, None))
-        log_pb = np.log(np.clip(np.stack([turns[i].probs["video"] for i in both]), 1e-12, None))
+        a, b = FUSION_ROLES
+        log_pa = np.log(np.clip(np.stack([turns[i].probs[a] for i in both]), 1e-12, None))
+        log_pb = np.log(np.clip(np.stack([turns[i].probs[b] for i in both]), 1e-12, None))
         with torch.no_grad():
             gate = torch.softmax(strategy.gate.net(_gate_inputs(log_pa, log_pb)), dim=1).numpy()
         for j, i in enumerate(both):
-            out[i] = {"audio": round(float(gate[j, 0]), 6), "video": round(float(gate[j, 1]), 6)}
+            out[i] = {a: round(float(gate[j, 0]), 6), b: round(float(gate[j, 1]), 6)}
     else:
         for i in both:
             k = predictor.classes.index(turns[i].label)

@@ -10,6 +10,7 @@ turn expander and collate, the models, calibration and fusion (:class:`Predictor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import threading
@@ -164,7 +165,7 @@ def predict_media(predictor: "Predictor", media: str | Path | None = None, *, au
     runner.predict_fns = {name: _timed(fn, timings) for name, fn in predictor.predict_fns.items()}
     counter = SkipCounter(keep_reasons=True)
     began = time.perf_counter()
-    with _EXPLAIN_LOCK if explain else _nothing():
+    with _EXPLAIN_LOCK if explain else contextlib.nullcontext():
         if explain:
             from emotrain.inference.media.explain import AttentionRecorder
 
@@ -183,7 +184,7 @@ def predict_media(predictor: "Predictor", media: str | Path | None = None, *, au
     if recorder is not None:
         from emotrain.inference.media.explain import fusion_shares
 
-        shares = fusion_shares(predictor, predictions)
+        shares = fusion_shares(predictor, [t.prediction for t in turns])  # in the turns' (time) order
         for turn, share in zip(turns, shares):
             turn.explanation = {"attention": recorder.for_turn(turn.prediction.key, turn.utterance.index),
                                 "fusion_share": share}
@@ -193,14 +194,6 @@ def predict_media(predictor: "Predictor", media: str | Path | None = None, *, au
     skipped += [Skipped("turn", f"utterance {u.index}", "not scored (see the clip and conversation skips)") for u in missing]
     return MediaPrediction(turns, utterances, list(predictor.classes), target, info, notes, skipped,
                            {k: round(v, 4) for k, v in timings.items()})
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _timed(fn: Any, timings: dict[str, float]) -> Any:

@@ -64,19 +64,12 @@ class MediaOutput:
         write_atomic(self.srt, subtitles(result, "srt"))
         write_atomic(self.vtt, subtitles(result, "vtt"))
         if plot:
-            _write_bytes(self.timeline, timeline_png(result))
+            write_atomic(self.timeline, timeline_png(result))
         write_atomic(self.summary, json.dumps(result.summary(), indent=1, ensure_ascii=False) + "\n")
 
     def files(self, with_csv: bool = False, plot: bool = True) -> list[Path]:
         return [p for p, on in ((self.jsonl, True), (self.csv, with_csv), (self.srt, True), (self.vtt, True),
                                 (self.timeline, plot), (self.summary, True)) if on]
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Beside, then renamed over (as :func:`write_atomic` does for text)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def csv_text(result: MediaPrediction) -> str:
