@@ -2,31 +2,11 @@ import json
 
 import pytest
 
+from helpers import conversation, write
+
 from emotrain.data.avamerg import MediaDirs, read_conversations
 from emotrain.data.splits import SplitRecipe, assign_splits
 from emotrain.errors import UserError
-
-
-def conversation(cid="00001", turns=2, speaker=3, listener=7, emotion="proud"):
-    history, raw_turns = [], []
-    for k in range(turns):
-        if k:
-            history.append({"index": len(history), "role": "listener", "utterance": f"listener line {k}"})
-        history.append({"index": len(history), "role": "speaker", "utterance": f"speaker line {k}"})
-        raw_turns.append({
-            "turn_id": k, "context": "a situation", "dialogue_history": list(history), "response": "ok",
-            "chain_of_empathy": {"speaker_emotion": emotion, "event_scenario": "work", "emotion_cause": "c",
-                                 "goal_to_response": "g"},
-        })
-    profile = lambda i: {"ID": i, "age": "young", "gender": "female", "timbre": "mid"}  # noqa: E731
-    return {"conversation_id": cid, "topic": "jobs", "speaker_profile": profile(speaker),
-            "listener_profile": profile(listener), "turns": raw_turns}
-
-
-def write(tmp_path, records):
-    path = tmp_path / "train.json"
-    path.write_text(json.dumps(records))
-    return path
 
 
 def test_reads_cumulative_history_and_clip_names(tmp_path):

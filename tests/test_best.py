@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_engine_runs import result_of, run, scalars, torchrun
+from helpers import result_of, run, scalars, torchrun
 
 from emotrain.errors import UserError
 from emotrain.training import checkpoint
@@ -77,27 +77,22 @@ def _tags(run_dir) -> list[str]:
 
 
 @pytest.mark.slow
-def test_best_survives_rotation_and_early_stopping_ends_the_run(tmp_path):
-    proc = run(torchrun(tmp_path, "--scripted-val", SCRIPT, train=["total_samples=512", *BEST_RUN]))
-    result = result_of(tmp_path, proc)
-    assert (result["stop_reason"], result["early_stopped"], result["step"]) == ("completed", True, 10)
-    assert (result["best_step"], result["best_value"]) == (4, 0.5)
-    assert _tags(tmp_path) == ["step00000004", "step00000010"]  # the last (keep 1) and the best
-    assert (checkpoint.checkpoint_dir(tmp_path) / checkpoint.BEST).read_text() == "step00000004"
-    assert scalars(tmp_path)["best/val/macro_f1"] == [(2, pytest.approx(0.1)), (4, pytest.approx(0.5))]
-
-
-@pytest.mark.slow
-def test_a_resumed_run_keeps_its_best_and_its_patience(tmp_path):
+def test_best_survives_rotation_and_a_resumed_run_keeps_its_patience_until_early_stopping_ends_it(tmp_path):
+    """One run in two launches: the first stops at step 8 (256 samples) with 2 evaluations without
+    improvement, the second resumes with 512 samples and stops early at step 10, where an
+    uninterrupted run stops too (a fresh patience counter would have run to step 16)."""
     first = run(torchrun(tmp_path, "--scripted-val", SCRIPT, train=["total_samples=256", *BEST_RUN]))
     assert result_of(tmp_path, first)["step"] == 8  # 2 evaluations without improvement by then: not yet stopped
     marker = json.loads((checkpoint.checkpoint_dir(tmp_path) / "step00000008" / checkpoint.COMPLETE).read_text())
     assert marker["best"]["step"] == 4 and marker["best"]["evals_without_improvement"] == 2
+    assert _tags(tmp_path) == ["step00000004", "step00000008"]  # the last (keep 1) and the best
     second = run(torchrun(tmp_path, "--scripted-val", SCRIPT, train=["total_samples=512", *BEST_RUN]))
     result = result_of(tmp_path, second)
-    # A fresh counter would have run to step 16; the kept one stops at the third evaluation without improvement.
-    assert (result["resumed_from"], result["step"], result["early_stopped"]) == (8, 10, True)
-    assert result["best_step"] == 4 and _tags(tmp_path) == ["step00000004", "step00000010"]
+    assert (result["resumed_from"], result["stop_reason"], result["early_stopped"], result["step"]) == (8, "completed", True, 10)
+    assert (result["best_step"], result["best_value"]) == (4, 0.5)
+    assert _tags(tmp_path) == ["step00000004", "step00000010"]  # the last (keep 1) and the best
+    assert (checkpoint.checkpoint_dir(tmp_path) / checkpoint.BEST).read_text() == "step00000004"
+    assert scalars(tmp_path)["best/val/macro_f1"] == [(2, pytest.approx(0.1)), (4, pytest.approx(0.5))]
 
 
 def test_rotation_reads_which_tag_is_best_without_hashing_it(tmp_path, monkeypatch):

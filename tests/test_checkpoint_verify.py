@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_engine_runs import REFERENCE, result_of, run, torchrun
+from helpers import REFERENCE, result_of, run, torchrun
 
 from emotrain.errors import UserError
 from emotrain.training import checkpoint

@@ -5,17 +5,23 @@ The reduced demo is the real one (`configs/demo/`) with a smaller corpus and few
 changes the synthetic corpus, its split and the training seed. Its runs also carry the
 acceptance checks of a real 2-rank torchrun training run of each model (completed, ZeRO-2 in
 bf16, loss down, checkpoint kept), of 2-rank evaluation (every turn once) and of the export.
+
+Seed 1 runs as a new user gets the project: ``pip install .`` (no extras) into a fresh venv, then
+that venv's ``emotrain demo`` in an empty folder, which must hold nothing but the demo's outputs
+afterwards; ``evaluate`` of one of its runs then runs from a third folder, reading the run's saved
+config only. The install takes about 1.5 min here (the wheels come from the local package cache).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from test_engine_runs import BIN, REPO, child_env, scalars
+from helpers import BIN, NOISE, REPO, child_env, scalars
 
 from emotrain.evaluation.predictions import load_predictions
 
@@ -47,13 +53,48 @@ def model_overrides(seed: int) -> str:
 PREPARED = {0: ["pack.video=null"], 1: []}
 
 
+INSTALLED = 1  # the seed whose demo runs from the pip-installed venv in an empty folder
+
+
+def clean_env(venv: Path) -> dict[str, str]:
+    """No launcher, cluster or Python-path variables: the venv alone decides what is imported. DeepSpeed
+    builds its CPU ops into a folder of the venv's own: in the checkout's folder, a build against the
+    venv's copy of DeepSpeed would make every later test (and any other checkout sharing it) rebuild."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "ACCELERATE_", "TORCHELASTIC_", "SUBMITIT_", "PYTHON", "VIRTUAL_ENV"))
+           and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(venv / "torch_extensions")}
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory) -> Path:
+    """A fresh venv with ``pip install .`` of this checkout (no extras, the pinned versions)."""
+    root = tmp_path_factory.mktemp("venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=300)
+    pip = [str(root / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"), str(REPO)]
+    proc = subprocess.run(pip, env=clean_env(root), cwd=tmp_path_factory.mktemp("pip"), capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root
+
+
 @pytest.fixture(scope="module", params=[0, 1], ids=lambda seed: f"seed{seed}")
 def demo(request, tmp_path_factory) -> tuple[Path, str, str]:
+    """The demo's work folder, stdout and stderr; seed INSTALLED's work folder is EMPTY/runs/demo (the default)."""
     seed = request.param
-    work = tmp_path_factory.mktemp(f"demo_seed{seed}")
     sets = [f"corpus.seed={seed}", *REDUCED, *PREPARED[seed], model_overrides(seed)]
-    cmd = [str(BIN / "emotrain"), "demo", "--workdir", str(work), *[arg for item in sets for arg in ("--set", item)]]
-    proc = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    sets = [arg for item in sets for arg in ("--set", item)]
+    if seed == INSTALLED:
+        empty = tmp_path_factory.mktemp(f"demo_seed{seed}") / "empty"
+        empty.mkdir()
+        work = empty / "runs" / "demo"
+        venv = request.getfixturevalue("venv")
+        cmd = [str(venv / "bin" / "emotrain"), "demo", *sets]
+        proc = subprocess.run(cmd, env=clean_env(venv), cwd=empty, capture_output=True, text=True, timeout=1200)
+    else:
+        work = tmp_path_factory.mktemp(f"demo_seed{seed}")
+        cmd = [str(BIN / "emotrain"), "demo", "--workdir", str(work), *sets]
+        proc = subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc.stdout, proc.stderr
 
@@ -136,11 +177,6 @@ def test_the_results_table_and_where_things_are_are_printed(demo):
         assert str(work / "runs" / model / "checkpoints") in stdout
 
 
-# Library noise a user cannot act on; the warnings filters and quiet loggers live in emotrain.cli.
-NOISE = ("No CUDA runtime", "FutureWarning", "Processing zero checkpoint", "Reconstructed fp32 state dict",
-         "return func(*args, **kwargs)")
-
-
 def test_the_console_holds_no_library_noise(demo):
     _, stdout, stderr = demo
     console = stdout + stderr
@@ -195,3 +231,28 @@ def test_the_demo_ends_with_a_bundle_that_predicts_every_test_turn(demo):
     got = np.array([[rows[k]["probs"]["fused"][c] for c in classes] for k in preds[0].keys])
     assert np.abs(got - fused).max() < 0.1
     assert (got.argmax(1) == fused.argmax(1)).mean() > 0.9
+
+
+@pytest.mark.parametrize("demo", [INSTALLED], indirect=True, ids=[f"seed{INSTALLED}"])
+def test_the_installed_demo_wrote_only_its_outputs_and_evaluate_runs_from_a_third_folder(demo, venv, tmp_path):
+    """The plain install ran the demo (the results table, both runs completed, no library noise: the tests
+    above on this seed) from an empty folder; evaluate then runs from a third folder."""
+    work, *_ = demo
+    emotrain = str(venv / "bin" / "emotrain")
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import emotrain; print(emotrain.__file__)"],
+                           env=clean_env(venv), cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    assert not Path(where).resolve().is_relative_to(REPO), where  # the installed copy, not the checkout
+    empty = work.parents[1]
+    assert sorted(p.name for p in empty.iterdir()) == ["runs"]  # nothing written beside its outputs
+    for model in MODELS:
+        assert (work / "runs" / model / "eval" / "test" / "report.json").is_file()
+
+    third = tmp_path / "third"
+    third.mkdir()
+    run_dir = work / "runs" / "audio_text"
+    (run_dir / "predictions" / "val.npz").unlink()
+    evaluated = subprocess.run([emotrain, "evaluate", str(run_dir), "--split", "val", "--no-progress"],
+                               env=clean_env(venv), cwd=third, capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
+    assert "audio_text val: accuracy" in evaluated.stdout
+    assert (run_dir / "predictions" / "val.npz").is_file() and not any(third.iterdir())

@@ -11,86 +11,33 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    BIN,
+    REFERENCE,
+    REPO,
+    TIMEOUT,
+    TOY,
+    child_env,
+    children,
+    kill9_tree,
+    losses,
+    result_of,
+    run,
+    scalars,
+    toy_args,
+    torchrun,
+    wait_for,
+)
 from toy_train import ToyModel
 
 from emotrain.training import checkpoint
 from emotrain.training.distributed import free_port
 
-TOY = Path(__file__).with_name("toy_train.py")
-REPO = TOY.parents[1]
-BIN = Path(sys.executable).parent
-# Two micro-batches of 8 per rank per step at 2 ranks (accumulation 2), 16 steps, checkpoints every 4.
-REFERENCE = ["total_samples=512", "global_batch_size=32", "micro_batch_size=8", "checkpoint_every_steps=4",
-             "keep_checkpoints=2", "eval_every_steps=8", "log_every_steps=2"]
-TIMEOUT = 240
-
 pytestmark = pytest.mark.slow
-
-
-def child_env() -> dict[str, str]:
-    """This environment minus anything a launcher or a cluster would have set."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLURM_", "ACCELERATE_", "TORCHELASTIC_", "SUBMITIT_"))
-           and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    return {**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-
-
-def toy_args(run_dir: Path, *extra: str, train: list[str] = REFERENCE) -> list[str]:
-    args = [str(TOY), "--run-dir", str(run_dir), "--result-json", str(run_dir / "result.json"), *extra]
-    for item in train:
-        args += ["--train", item]
-    return args
-
-
-def torchrun(run_dir: Path, *extra: str, train: list[str] = REFERENCE) -> list[str]:
-    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), *toy_args(run_dir, *extra, train=train)]
-
-
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def result_of(run_dir: Path, proc: subprocess.CompletedProcess | None = None) -> dict:
-    path = run_dir / "result.json"
-    assert path.is_file(), f"no result; stderr tail:\n{proc.stderr[-3000:] if proc else ''}"
-    return json.loads(path.read_text())
-
-
-def losses(result: dict) -> dict[int, float]:
-    return {step: loss for step, loss in result["losses"]}
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"run ended before {path} appeared:\n{proc.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
-        time.sleep(0.05)
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
-
-
-def kill9_tree(pid: int) -> None:
-    """SIGKILL a launcher and every process under it (torchrun puts workers in sessions of their own)."""
-    pending, found = [pid], []
-    while pending:
-        found.append(pending.pop())
-        pending += children(found[-1])
-    for victim in reversed(found):
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def rank_pid(launcher_pid: int, rank: int) -> int:
@@ -100,14 +47,6 @@ def rank_pid(launcher_pid: int, rank: int) -> int:
         if f"RANK={rank}".encode() in environ:
             return int(pid)
     raise AssertionError(f"no rank {rank} among the children of {launcher_pid}")
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir / "tb"))
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +207,27 @@ print("ok", len(ex))
     assert loaded.returncode == 0 and loaded.stdout.startswith("ok"), loaded.stderr[-2000:]
 
 
+@pytest.fixture(scope="module")
+def zero_run(tmp_path_factory: pytest.TempPathFactory):
+    """``zero_run(stage)``: a 2-rank bf16 toy engine at that ZeRO stage after three steps and a checkpoint, run
+    once per stage: (run folder, the optimizer's fp32 master weights, the optimizer's bytes on each rank)."""
+    runs: dict[int, tuple[Path, Path, list[int]]] = {}
+
+    def get(stage: int) -> tuple[Path, Path, list[int]]:
+        if stage not in runs:
+            root = tmp_path_factory.mktemp(f"zero{stage}")
+            run_dir, masters_file = root / "run", root / "masters.safetensors"
+            train = ["global_batch_size=32", "micro_batch_size=8", f"zero_stage={stage}"]
+            proc = run(torchrun(run_dir, "--dump-fp32", str(masters_file), train=train))
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs[stage] = run_dir, masters_file, result_of(run_dir, proc)["optimizer_bytes"]
+        return runs[stage]
+
+    return get
+
+
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_export_holds_the_fp32_master_weights_at_every_zero_stage(stage: int, tmp_path: Path) -> None:
+def test_export_holds_the_fp32_master_weights_at_every_zero_stage(stage: int, zero_run, tmp_path: Path) -> None:
     """bf16 training on 2 ranks: the export equals the optimizer's fp32 masters bit for bit, not the bf16 module.
 
     ZeRO-0 and ZeRO-1 in bf16 keep their masters where DeepSpeed's ``zero_to_fp32`` does not look;
@@ -278,10 +236,7 @@ def test_export_holds_the_fp32_master_weights_at_every_zero_stage(stage: int, tm
 
     from emotrain.evaluation.export import export_weights
 
-    run_dir, masters_file = tmp_path / "run", tmp_path / "masters.safetensors"
-    train = ["global_batch_size=32", "micro_batch_size=8", f"zero_stage={stage}"]
-    proc = run(torchrun(run_dir, "--dump-fp32", str(masters_file), train=train))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir, masters_file, _ = zero_run(stage)
     masters = load_file(str(masters_file))
     exported = load_file(str(export_weights(run_dir, tmp_path / "export")))
     assert exported.keys() == masters.keys()
@@ -294,16 +249,11 @@ def test_export_holds_the_fp32_master_weights_at_every_zero_stage(stage: int, tm
         assert any(not torch.equal(module[name].float(), masters[name]) for name in masters)
 
 
-def test_zero2_optimizer_state_per_rank_is_at_most_0_6_of_stage_0(tmp_path: Path) -> None:
-    measured = {}
-    for stage in (0, 2):
-        run_dir = tmp_path / f"zero{stage}"
-        proc = run(torchrun(run_dir, "--measure-optimizer-bytes", train=REFERENCE + [f"zero_stage={stage}"]))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        measured[stage] = result_of(run_dir, proc)["optimizer_bytes"]
+def test_zero2_optimizer_state_per_rank_is_at_most_0_6_of_stage_0(zero_run) -> None:
+    """Measured on the export test's runs (the same engine after three steps: Adam's moments exist)."""
+    measured = {stage: zero_run(stage)[2] for stage in (0, 2)}
     print(f"optimizer bytes per rank: ZeRO-0 {measured[0]}, ZeRO-2 {measured[2]}")
     n_params = sum(p.numel() for p in ToyModel().parameters())
     assert all(b >= 12 * n_params for b in measured[0])  # fp32 master + two Adam moments, unsharded
     for zero0, zero2 in zip(measured[0], measured[2]):
         assert zero2 <= 0.6 * zero0, measured
-

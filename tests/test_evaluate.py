@@ -11,7 +11,7 @@ from emotrain.errors import UserError
 from emotrain.evaluation.scoring import evaluate_model, write_evaluation
 from emotrain.evaluation.gather import Scored
 from emotrain.evaluation.predictions import load_classes, load_predictions
-from test_stream import data_config, labelled_keys
+from helpers import data_config, labelled_keys
 
 
 class CountingModel(torch.nn.Module):

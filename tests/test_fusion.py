@@ -1,9 +1,10 @@
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from helpers import CLASSES, make_runs, make_split
 
 from emotrain.errors import UserError
 from emotrain.fusion.calibration import fit_temperature, scaled_log_probs
@@ -12,44 +13,7 @@ from emotrain.fusion.learned import GatingConfig, GatingFusion, StackingConfig, 
 from emotrain.fusion.pipeline import FusionConfig, MetricsConfig, build_strategies, fuse_runs
 from emotrain.fusion.runs import align, load_run
 from emotrain.evaluation.metrics import expected_calibration_error, macro_f1, softmax
-from emotrain.evaluation.predictions import Predictions, load_predictions, save_classes, save_predictions
-
-CLASSES = ["happy", "surprised", "angry", "fear", "sad", "disgusted", "contempt"]
-PRIORS = np.array([0.3, 0.15, 0.15, 0.12, 0.14, 0.08, 0.06])  # imbalanced, like AvaMERG
-
-
-def model_logits(rng, labels, informative_share, scale):
-    """A model that sees the class on a random share of samples only (and guesses elsewhere)."""
-    n = len(labels)
-    logits = rng.normal(0.0, 1.0, (n, len(CLASSES)))
-    logits[np.arange(n), labels] += np.where(rng.random(n) < informative_share, 3.0, 0.0)
-    return logits * scale
-
-
-def make_split(rng, n):
-    """Both models from one recipe; they fail on independent samples. A is over-confident, B under."""
-    labels = rng.choice(len(CLASSES), n, p=PRIORS)
-    return labels, model_logits(rng, labels, 0.55, 3.0), model_logits(rng, labels, 0.5, 0.7)
-
-
-def make_runs(root: Path, n_val=500, n_test=500, seed=0, test_label_perm=None, b_extra=None):
-    """Write RUN_A and RUN_B prediction folders; returns their paths."""
-    rng = np.random.default_rng(seed)
-    splits = {s: make_split(rng, n) for s, n in (("val", n_val), ("test", n_test))}
-    runs = []
-    for name, column in (("run_a", 1), ("run_b", 2)):
-        pred_dir = root / name / "predictions"
-        save_classes(pred_dir, CLASSES)
-        for split, data in splits.items():
-            keys = [f"{i:05d}_{i % 3}" for i in range(len(data[0]))]
-            labels = data[0]
-            if split == "test" and test_label_perm is not None:
-                labels = labels[test_label_perm]
-            order = np.arange(len(keys)) if name == "run_a" else rng.permutation(len(keys))  # rows in any order
-            save_predictions(pred_dir / f"{split}.npz", [keys[i] for i in order], data[column][order], labels[order])
-        runs.append(root / name)
-    return runs
-
+from emotrain.evaluation.predictions import Predictions, load_predictions, save_predictions
 
 def small_config(**strategies) -> FusionConfig:
     """Small grids and few folds so a whole fit takes a second."""

@@ -3,7 +3,7 @@ import shutil
 
 from emotrain.cli import main
 from emotrain.evaluation.predictions import save_classes
-from test_fusion import make_runs
+from helpers import make_runs
 
 FAST = ["--set", "stacking.folds=3", "--set", "stacking.l2=[0.01]", "--set", "gating.folds=3",
         "--set", "gating.epochs=[20]", "--set", "gating.weight_decay=[0.0]", "--set", "metrics.bootstrap_resamples=100"]

@@ -7,27 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from emotrain.config import ConfigError, from_dict, load_config
+from helpers import META_SIZES, NUM_CLASSES, REPO, VOCAB, make_batch, tiny_config
+
+from emotrain.config import ConfigError, from_dict
 from emotrain.data.schema import META_FIELDS, meta_vocab_sizes
 from emotrain.errors import UserError
 from emotrain.models import EncoderSpec, ModelConfig, build_model
-from emotrain.models.example_batch import example_batch
 from emotrain.models.inputs import model_inputs
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {"audio_text": ROOT / "configs/model/audio_text_tiny.yaml", "video_text": ROOT / "configs/model/video_text_tiny.yaml"}
-NUM_CLASSES = 7
-META_SIZES = {column: 5 for column, _ in META_FIELDS}
-VOCAB = 342
-
-
-def tiny_config(kind: str, overrides: list[str] | None = None) -> ModelConfig:
-    return load_config(ModelConfig, TINY[kind], overrides)
-
-
-def make_batch(kind: str, labels: list[int], **kwargs) -> dict:
-    return example_batch(kind, labels, vocab_size=VOCAB, meta_vocab=5, **kwargs)
-
 
 @pytest.fixture(params=["audio_text", "video_text"])
 def kind(request) -> str:
@@ -40,7 +26,7 @@ def test_tiny_configs_load_and_expose_loader_needs():
     assert audio.needs_audio and not audio.needs_video
     assert video.needs_video and not video.needs_audio
     assert (video.video_frames(), video.video_image_size()) == (4, 32)
-    vocab_lines = (ROOT / "configs/tokenizers/tiny-wordpiece/vocab.txt").read_text().splitlines()
+    vocab_lines = (REPO / "configs/tokenizers/tiny-wordpiece/vocab.txt").read_text().splitlines()
     assert audio.text.config["vocab_size"] == len(vocab_lines) == video.text.config["vocab_size"]
 
 

@@ -11,7 +11,7 @@ import torch
 
 from emotrain.models import build_model
 from emotrain.models.inputs import model_inputs
-from test_models import META_SIZES, NUM_CLASSES, make_batch, tiny_config
+from helpers import META_SIZES, NUM_CLASSES, make_batch, tiny_config
 
 MAX_STEPS = 60
 

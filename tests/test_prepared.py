@@ -20,7 +20,7 @@ from emotrain.data.stream import Modalities, build_loader
 from emotrain.data.synthetic import SynthSpec, VIDEO_DIR, generate_corpus
 from emotrain.errors import UserError
 from emotrain.models.inputs import model_inputs
-from test_stream import data_config
+from helpers import BIN, REPO, child_env, data_config
 
 VIDEO = Modalities(audio=False, video=True)
 PREPARED = PreparedVideo(frames=8, size=32)
@@ -201,7 +201,6 @@ def test_repacking_with_other_video_settings_rewrites_the_shards(corpus64, tmp_p
 
 
 def test_pack_cli_rejects_bad_video_settings_in_one_line(corpus64, tmp_path):
-    from test_engine_runs import BIN
 
     proc = subprocess.run([str(BIN / "emotrain"), "pack", "--avamerg", str(corpus64), "--out", str(tmp_path / "s"),
                            "--prepare-video", "--video-size", "7"], capture_output=True, text=True, timeout=120)
@@ -221,7 +220,6 @@ def test_nvjpeg_on_cuda_matches_libjpeg_turbo_in_the_workers(both):
 
 
 def test_training_on_prepared_shards_of_another_size_stops_in_one_line_before_any_work(corpus64, tmp_path):
-    from test_engine_runs import BIN, REPO, child_env
 
     shards = tmp_path / "small"
     make_shards(corpus64, shards, recipe=ALL_IN_TRAIN, shard_mb=100.0, video=PreparedVideo(frames=8, size=16))

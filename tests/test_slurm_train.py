@@ -45,7 +45,9 @@ def shards(corpus13, tmp_path_factory):
 
 
 CONFIG = "configs/demo/video_text.yaml"
-CPU_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+# A progress line every second in the job's .out (its output is a file, not a terminal): the scancel test
+# reads from it how far the run got.
+CPU_ENV = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "EMOTRAIN_PROGRESS_EVERY": "1"}
 # What a shell that ran torchrun (or a test that initialised in-process) leaves behind; a job
 # submitted with it must still be numbered by SLURM.
 STRAY_TORCH_ENV = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
@@ -66,17 +68,6 @@ def status(run_dir: Path) -> dict:
     return json.loads((run_dir / "status.json").read_text())
 
 
-def test_sbatch_two_tasks_trains_and_checkpoints(slurm_cluster: SlurmCluster, shards, tmp_path):
-    run_dir = tmp_path / "run"
-    job = sbatch(REPO / "slurm" / "train.sbatch", options=[*CPU_ONLY, "--nodes=1", "--ntasks-per-node=2"],
-                 env={**job_env(shards, run_dir, steps=10), **STRAY_TORCH_ENV}, cwd=tmp_path)
-    result = wait_job(job, timeout=300)
-    assert result.ok, result.describe()
-    got = status(run_dir)
-    assert (got["status"], got["step"], got["world_size"], got["launcher"]) == ("completed", 10, 2, "slurm")
-    assert (run_dir / "checkpoints" / "step00000010").is_dir()
-
-
 def test_two_nodes_train_with_world_size_two(slurm_cluster: SlurmCluster, shards, tmp_path):
     run_dir = tmp_path / "run"
     job = sbatch(REPO / "slurm" / "train.sbatch", options=[*CPU_ONLY, "--nodes=2", "--ntasks-per-node=1"],
@@ -87,11 +78,14 @@ def test_two_nodes_train_with_world_size_two(slurm_cluster: SlurmCluster, shards
     assert (got["status"], got["world_size"], got["num_nodes"]) == ("completed", 2, 2)
 
 
-def test_requeue_mid_training_resumes_from_the_checkpoint(slurm_cluster: SlurmCluster, shards, tmp_path):
+def test_sbatch_two_tasks_train_and_a_requeue_mid_training_resumes_from_the_checkpoint(slurm_cluster: SlurmCluster,
+                                                                                        shards, tmp_path):
+    """slurm/train.sbatch with 2 tasks on one node, submitted from a shell with stray torchrun variables
+    (SLURM numbers the ranks all the same); requeued after its first checkpoint, it resumes and completes."""
     run_dir = tmp_path / "run"
-    steps = 80
+    steps = 40  # the requeue comes a poll (0.3 s) after the first checkpoint (step 5): far from the end
     job = sbatch(REPO / "slurm" / "train.sbatch", options=[*CPU_ONLY, "--nodes=1", "--ntasks-per-node=2"],
-                 env=job_env(shards, run_dir, steps=steps), cwd=tmp_path)
+                 env={**job_env(shards, run_dir, steps=steps), **STRAY_TORCH_ENV}, cwd=tmp_path)
     ckpts = run_dir / "checkpoints"
     poll_until(lambda: ckpts.is_dir() and any(p.name.startswith("step") for p in ckpts.iterdir()), 240,
                "the first checkpoint")
@@ -100,15 +94,16 @@ def test_requeue_mid_training_resumes_from_the_checkpoint(slurm_cluster: SlurmCl
     assert result.ok, result.describe()
     assert result.restarts == 1
     got = status(run_dir)
-    assert got["status"] == "completed" and got["step"] == steps
+    assert (got["status"], got["step"], got["world_size"], got["launcher"]) == ("completed", steps, 2, "slurm"), got
+    assert (run_dir / "checkpoints" / f"step{steps:08d}").is_dir()
     assert 5 <= got["resumed_from"] < steps, got
     print(f"requeued job resumed from step {got['resumed_from']} of {steps}")
 
 
-def progress(stderr: Path, total: int) -> int:
-    """The last step the rank-0 progress bar showed in the job's stderr (0 before the first)."""
-    text = stderr.read_text(errors="replace") if stderr.is_file() else ""
-    counts = re.findall(rf"\b(\d+)/{total}\b", text)
+def progress(job, total: int) -> int:
+    """The last step rank 0's progress line showed in the job's output (0 before the first)."""
+    text = "".join(path.read_text(errors="replace") for path in (job.stdout_path, job.stderr_path) if path.is_file())
+    counts = re.findall(rf"\btrain: (\d+)/{total}\b", text)
     return int(counts[-1]) if counts else 0
 
 
@@ -118,12 +113,12 @@ def test_scancel_of_the_step_checkpoints_at_that_step_and_the_requeue_resumes_th
     fork servers; ``scancel --signal=TERM JOB.0``), with SIGKILL to follow after KillWait (5 s here).
     The ranks checkpoint the step they reached; the batch script requeues; the new run resumes from
     that step, not from the periodic checkpoint before it."""
-    run_dir, steps, every = tmp_path / "run", 120, 20
+    run_dir, steps, every = tmp_path / "run", 60, 20  # TERM at step >= 27: the resumed run still has 30 to go
     job = sbatch(REPO / "slurm" / "train.sbatch", options=[*CPU_ONLY, "--nodes=1", "--ntasks-per-node=2"],
                  env=job_env(shards, run_dir, steps=steps, every=every), cwd=tmp_path)
     poll_until(lambda: (run_dir / "checkpoints" / f"step{every:08d}" / "complete").is_file(), 240, "the first checkpoint")
-    poll_until(lambda: progress(job.stderr_path, steps) >= every + 7, 120, "steps past the periodic checkpoint")
-    shown = progress(job.stderr_path, steps)
+    poll_until(lambda: progress(job, steps) >= every + 7, 120, "steps past the periodic checkpoint")
+    shown = progress(job, steps)
     slurm("scancel", "--signal=TERM", f"{job.job_id}.0")
     release_requeued(job.job_id, timeout=120)
     result = wait_job(job, timeout=600)
@@ -173,39 +168,43 @@ def test_time_limit_without_signal_requeues_from_that_step_and_scancel_stops_wit
           f"scancel: checkpoint at step {got['step']}, not requeued")
 
 
-def submit(shards: Path, run_dir: Path, logs: Path, steps: int, wait: bool) -> subprocess.CompletedProcess:
-    """launch/submit.py as a user runs it, 2 tasks on one node of the local cluster."""
+def submit(shards: Path, run_dir: Path, logs: Path, steps: int) -> subprocess.Popen:
+    """launch/submit.py --wait as a user runs it, 2 tasks on one node of the local cluster."""
     sets = [arg for o in overrides(shards, steps=steps) for arg in ("--set", o)]
     cmd = [sys.executable, str(REPO / "launch" / "submit.py"), "--cluster", "slurm", "--config", CONFIG,
            "--run-dir", str(run_dir), *sets, "--nodes", "1", "--tasks-per-node", "2", "--cpus-per-task", "1",
-           "--partition", "debug", "--time", "10", "--logs", str(logs), *(["--wait"] if wait else [])]
-    proc = subprocess.run(cmd, cwd=REPO, env={**os.environ, **CPU_ENV, **STRAY_TORCH_ENV}, capture_output=True,
-                          text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
+           "--partition", "debug", "--time", "10", "--logs", str(logs), "--wait"]
+    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **CPU_ENV, **STRAY_TORCH_ENV, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_submitit_trains_two_tasks(slurm_cluster: SlurmCluster, shards, tmp_path):
-    run_dir = tmp_path / "run"
-    submit(shards, run_dir, tmp_path / "submitit", steps=6, wait=True)
-    got = status(run_dir)
-    assert (got["status"], got["step"], got["world_size"], got["launcher"]) == ("completed", 6, 2, "submitit")
-    assert (run_dir / "checkpoints" / "step00000006").is_dir()
-
-
-def test_submitit_preemption_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, shards, tmp_path):
-    """SIGUSR2 (submitit's preemption signal) to the ranks: checkpoint, submitit requeues, resume."""
-    run_dir, steps = tmp_path / "run", 80
-    proc = submit(shards, run_dir, tmp_path / "submitit", steps=steps, wait=False)
-    job_id = int(re.search(r"submitted job (\d+)", proc.stdout).group(1))
-    ckpts = run_dir / "checkpoints"
-    poll_until(lambda: ckpts.is_dir() and any(p.name.startswith("step") for p in ckpts.iterdir()), 240,
-               "the first checkpoint")
-    slurm("scancel", "--signal=USR2", str(job_id))
-    release_requeued(job_id, timeout=120)
-    wait_state(job_id, {"COMPLETED"}, timeout=400)
+def test_submitit_trains_two_tasks_and_preemption_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, shards,
+                                                                                   tmp_path):
+    """launch/submit.py --wait, 2 tasks: SIGUSR2 (submitit's preemption signal) to the ranks after the first
+    checkpoint: they checkpoint, submitit requeues, the run resumes and completes; --wait returns then, 0."""
+    run_dir, steps = tmp_path / "run", 40  # USR2 comes a poll (0.3 s) after the first checkpoint (step 5)
+    proc = submit(shards, run_dir, tmp_path / "submitit", steps=steps)
+    try:
+        first = proc.stdout.readline()
+        submitted = re.search(r"submitted job (\d+)", first)
+        assert submitted, first + proc.stderr.read()[-3000:]
+        job_id = int(submitted.group(1))
+        ckpts = run_dir / "checkpoints"
+        poll_until(lambda: ckpts.is_dir() and any(p.name.startswith("step") for p in ckpts.iterdir()), 240,
+                   "the first checkpoint")
+        slurm("scancel", "--signal=USR2", str(job_id))
+        release_requeued(job_id, timeout=120)
+        wait_state(job_id, {"COMPLETED"}, timeout=400)
+        rest, stderr = proc.communicate(timeout=120)  # --wait: the job's result, once the requeued run ended
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, rest[-2000:] + stderr[-3000:]
+    assert json.loads(rest.strip().splitlines()[-1]), rest
     assert int(job_info(job_id).get("Restarts", "0")) == 1
     got = status(run_dir)
-    assert (got["status"], got["step"]) == ("completed", steps)
+    assert (got["status"], got["step"], got["world_size"], got["launcher"]) == ("completed", steps, 2, "submitit"), got
+    assert (run_dir / "checkpoints" / f"step{steps:08d}").is_dir()
     assert 5 <= got["resumed_from"] < steps, got
     print(f"submitit job resumed from step {got['resumed_from']} of {steps}")

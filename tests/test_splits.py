@@ -9,7 +9,7 @@ import pytest
 from emotrain.cli import main as cli_main
 from emotrain.data.avamerg import read_conversations
 from emotrain.data.splits import SPLITS, SplitRecipe, assign_splits
-from test_avamerg import conversation, write
+from helpers import conversation, write
 
 
 def read(tmp_path, records):

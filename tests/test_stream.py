@@ -8,40 +8,13 @@ import pytest
 import torch
 
 from corpus import torchrun
+from helpers import data_config, labelled_keys
 
 from emotrain.data import stream
 from emotrain.data.schema import META_FIELDS
 from emotrain.data.shardlists import Slot, train_shards
-from emotrain.data.stream import DataConfig, Modalities, build_loader
-from emotrain.data.text import TextConfig
-from emotrain.data.media import AudioConfig, VideoConfig
-
-REPO = Path(__file__).resolve().parents[1]
-TOKENIZER = str(REPO / "configs" / "tokenizers" / "tiny-wordpiece")
-
-
-def data_config(shards, **overrides) -> DataConfig:
-    base = dict(shards=str(shards), text=TextConfig(tokenizer=TOKENIZER), num_workers=0, shuffle_buffer=0,
-                audio=AudioConfig(max_seconds=1.0), video=VideoConfig(num_frames=4, image_size=32))
-    base.update(overrides)
-    return DataConfig(**base)
-
-
-def labelled_keys(shards_dir) -> set[str]:
-    """Every labelled turn key, read straight from the tars (independent of the loader)."""
-    manifest = json.loads((Path(shards_dir) / "train" / "manifest.json").read_text())
-    keys = set()
-    for shard in manifest["shards"]:
-        with tarfile.open(Path(shards_dir) / "train" / shard["name"]) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        for name, data in members.items():
-            if name.endswith(".labels.json"):
-                conv = name[: -len(".labels.json")]
-                record = json.loads(members[conv + ".json"])
-                for turn, label in zip(record["turns"], json.loads(data)):
-                    if label >= 0:
-                        keys.add(f"{conv}_{turn['turn_id']}")
-    return keys
+from emotrain.data.stream import Modalities, build_loader
+from emotrain.data.media import VideoConfig
 
 
 def test_batch_contract_audio_model_reads_no_video(five_shards):

@@ -102,25 +102,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scripted-val", default="", metavar="STEP:F1,...",
                         help="val/macro_f1 reported at these steps (rank 0 only, as a gathered metric is), "
                         "instead of measuring; for best-checkpoint and early-stopping tests")
-    parser.add_argument("--measure-optimizer-bytes", action="store_true", help="only build the engine, step twice, report bytes")
     parser.add_argument("--dump-fp32", type=Path, metavar="SAFETENSORS",
                         help="only build the engine, step three times, save a checkpoint and write the optimizer's "
-                        "fp32 master weights (what an exact export must hold) here")
+                        "fp32 master weights (what an exact export must hold) here; --result-json gets each rank's "
+                        "optimizer bytes")
     args = parser.parse_args(dist.strip_launcher_args(argv))
 
     values = {"total_samples": 256, "global_batch_size": 16, "micro_batch_size": 8, "lr": 3e-3, "encoder_lr": 1e-3,
               "log_every_steps": 2, "checkpoint_every_steps": 4}
     cfg = from_dict(TrainConfig, apply_overrides(values, args.train))
     env = dist.read_env()
-    if args.measure_optimizer_bytes:
-        report = {"optimizer_bytes": measure_optimizer_bytes(cfg, env)}
+    if args.dump_fp32:
+        report = {"optimizer_bytes": dump_fp32_after_save(cfg, env, args.run_dir, args.dump_fp32)}
         if env.is_main and args.result_json:
             args.result_json.parent.mkdir(parents=True, exist_ok=True)
             args.result_json.write_text(json.dumps(report))
-        dist.shutdown()
-        return 0
-    if args.dump_fp32:
-        dump_fp32_after_save(cfg, env, args.run_dir, args.dump_fp32)
         dist.shutdown()
         return 0
     if env.is_main:  # what the real launch/train.py writes: the resolved config
@@ -184,16 +180,9 @@ def _stepped_engine(cfg: TrainConfig, env: dist.DistEnv, steps: int):
     return engine, optimizer
 
 
-def measure_optimizer_bytes(cfg: TrainConfig, env: dist.DistEnv, steps: int = 2) -> list[int]:
-    """Optimizer bytes on each rank after a few steps."""
-    _, optimizer = _stepped_engine(cfg, env, steps)
-    gathered = [0] * env.world_size
-    torch.distributed.all_gather_object(gathered, optimizer_state_bytes(optimizer))
-    return gathered
-
-
-def dump_fp32_after_save(cfg: TrainConfig, env: dist.DistEnv, run_dir: Path, out: Path, steps: int = 3) -> None:
-    """Checkpoint a stepped engine into ``run_dir``, then write the optimizer's own fp32 master weights to ``out``.
+def dump_fp32_after_save(cfg: TrainConfig, env: dist.DistEnv, run_dir: Path, out: Path, steps: int = 3) -> list[int]:
+    """Checkpoint a stepped engine into ``run_dir``, then write the optimizer's own fp32 master weights to ``out``;
+    returns the optimizer's bytes on each rank.
 
     ``safe_get_full_fp32_param`` asks a ZeRO or bf16 optimizer for its high-precision copy; plain data
     parallel in bf16 keeps per-parameter copies beside the module's (``fp32_groups``). After a few
@@ -202,7 +191,9 @@ def dump_fp32_after_save(cfg: TrainConfig, env: dist.DistEnv, run_dir: Path, out
     from deepspeed.utils import safe_get_full_fp32_param
     from safetensors.torch import save_file
 
-    engine, _ = _stepped_engine(cfg, env, steps)
+    engine, optimizer = _stepped_engine(cfg, env, steps)
+    optimizer_bytes = [0] * env.world_size
+    torch.distributed.all_gather_object(optimizer_bytes, optimizer_state_bytes(optimizer))
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump({"train": to_dict(cfg)}))
@@ -218,6 +209,7 @@ def dump_fp32_after_save(cfg: TrainConfig, env: dist.DistEnv, run_dir: Path, out
         masters[name] = full.float().cpu().contiguous()
     if env.is_main:
         save_file(masters, str(out))
+    return optimizer_bytes
 
 
 if __name__ == "__main__":
