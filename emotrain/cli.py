@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "write a run's weights as a plain safetensors file + config",
     "bundle": "put trained runs and their fusion into one portable folder for predict",
     "predict": "apply a bundle to an AvaMERG folder or shards: per-turn labels and probabilities",
+    "serve": "serve a bundle over HTTP (LitServe): /v1 API, batching, limits, metrics, a page at /",
     "sweep": "settings x seeds as ordinary runs (here or a SLURM job array); their mean, std and the val choice",
     "demo": "synthesise, pack, train both models, evaluate, fuse: the whole job",
 }

@@ -190,6 +190,28 @@ def test_clip_vector_ignores_sample_padding_with_layer_norm_wav2vec2():
     torch.testing.assert_close(together[0], alone[0], rtol=1e-4, atol=1e-4)
 
 
+def test_a_scored_clip_does_not_depend_on_its_batch_with_group_norm_wav2vec2():
+    """A group-norm feature encoder normalises over padding too: in eval mode each clip is encoded at its own
+    length, so its vector is the same alone or beside a longer clip (what predict and the server rely on);
+    training keeps the padded batch, where the longer clip does change it."""
+    from emotrain.models.encoders import Wav2Vec2Pooled
+
+    encoder = Wav2Vec2Pooled(EncoderSpec(config=tiny_config("audio_text").audio.config))
+    assert not encoder.pass_attention_mask
+    torch.manual_seed(0)
+    wave, other = torch.randn(1, 8000), torch.randn(1, 16000)
+    batch = torch.cat([torch.cat([wave, torch.zeros(1, 8000)], dim=1), other, other])
+    lengths = torch.tensor([8000, 16000, 16000])
+    with torch.no_grad():
+        encoder.eval()
+        alone, together = encoder(wave, torch.tensor([8000])), encoder(batch, lengths)
+        torch.testing.assert_close(together[0], alone[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(together[1:], encoder(other, torch.tensor([16000])).expand(2, -1), rtol=0, atol=1e-6)
+        encoder.train()
+        padded = encoder(batch, lengths)
+    assert (padded[0] - alone[0]).abs().max() > 1e-4
+
+
 def test_missing_media_gives_finite_logits_and_trains_the_missing_vector(kind):
     model = build_model(tiny_config(kind), NUM_CLASSES, META_SIZES)
     batch = make_batch(kind, [0, 1])

@@ -39,7 +39,7 @@ from emotrain.errors import UserError
 from emotrain.evaluation.gather import Scored
 from emotrain.evaluation.scoring import model_predictor, score_batch, score_batches
 from emotrain.fusion.calibration import scaled_log_probs
-from emotrain.inference.bundle import Bundle, LoadedModel, load_bundle
+from emotrain.inference.bundle import Bundle, load_bundle
 
 if TYPE_CHECKING:
     from emotrain.inference.media import Cue, MediaLimits, MediaPrediction, Transcriber
@@ -91,6 +91,7 @@ class Predictor:
         self.bundle = bundle
         self.device = device or torch.device("cpu")
         self.predict_fns = {name: model_predictor(m.module, self.device, m.entry.bf16) for name, m in bundle.models.items()}
+        self._reused: dict[str, TurnExpander] | None = None  # expand()'s expanders, built on first use
 
     @classmethod
     def load(cls, bundle_dir: str | Path, device: torch.device | None = None) -> "Predictor":
@@ -116,20 +117,52 @@ class Predictor:
         scored = {name: Scored.empty(len(self.classes)) for name in models}
         pending: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
 
-        def flush(name: str, model: LoadedModel, count: int) -> None:
-            batch = collate_turns(pending[name][:count], model.data, model.modalities,
-                                  expanders[name].tokenizer.pad_token_id)
+        def flush(name: str, count: int) -> None:
+            self._score_chunk(name, pending[name][:count], expanders[name].tokenizer.pad_token_id, scored[name])
             pending[name] = pending[name][count:]
-            score_batch(self.predict_fns[name], as_tensors(batch), scored[name])
 
         for sample in samples:
-            for name, model in models.items():
+            for name in models:
                 pending[name].extend(expanders[name](sample))
                 while len(pending[name]) >= sizes[name]:
-                    flush(name, model, sizes[name])
-        for name, model in models.items():
+                    flush(name, sizes[name])
+        for name in models:
             if pending[name]:
-                flush(name, model, len(pending[name]))
+                flush(name, len(pending[name]))
+        return scored
+
+    def _score_chunk(self, name: str, turns: list[dict[str, Any]], pad_id: int, into: Scored) -> None:
+        """One forward pass of model ``name`` over ``turns`` (collated as the loader collates them)."""
+        model = self.bundle.models[name]
+        batch = collate_turns(turns, model.data, model.modalities, pad_id)
+        score_batch(self.predict_fns[name], as_tensors(batch), into)
+
+    def expand(self, sample: dict[str, Any], counter: SkipCounter) -> dict[str, list[dict[str, Any]]]:
+        """Each model's turn inputs of one conversation sample, its clips decoded (the loader's expansion).
+
+        With :meth:`score_turns`, the two halves of :meth:`score_samples` for a caller that decodes each
+        conversation on its own and scores the turns of many together (the server: decoding per request,
+        one forward pass for the turns of concurrent requests). The expanders are built once and reused:
+        outside training they draw no random numbers, so reuse changes nothing."""
+        if self._reused is None:
+            self._reused = self._expanders(counter)
+        for expander in self._reused.values():
+            expander.counter = counter
+        return {name: expander(sample) for name, expander in self._reused.items()}
+
+    @torch.no_grad()
+    def score_turns(self, turns: dict[str, list[dict[str, Any]]], batch_size: int | None = None) -> dict[str, Scored]:
+        """Each model's logits for turn inputs from :meth:`expand` (of any number of conversations, in order),
+        in forward passes of at most ``batch_size`` turns (default: each model's eval batch size)."""
+        if self._reused is None:
+            self._reused = self._expanders(SkipCounter())
+        scored = {}
+        for name, model in self.bundle.models.items():
+            size = batch_size or model.entry.batch_size
+            pad_id = self._reused[name].tokenizer.pad_token_id
+            scored[name] = Scored.empty(len(self.classes))
+            for start in range(0, len(turns[name]), size):
+                self._score_chunk(name, turns[name][start:start + size], pad_id, scored[name])
         return scored
 
     def score_shards(self, manifest: Manifest, rank: int, world_size: int, num_workers: int | None,
@@ -201,21 +234,12 @@ class Predictor:
         absent) with its clips from a corpus folder, a :class:`MediaDirs`, or a mapping of clip file names
         (``dia{id}utt{index}_{ID}.wav`` / ``.mp4``) to bytes. A conversation with an empty turn list gives no turns
         and says so in ``skipped``; any other malformed record raises a one-line UserError."""
-        try:
-            conversation, skipped = parse_conversation(record)
-        except RecordError as err:
-            cid = str(record.get("conversation_id", "?")) if isinstance(record, Mapping) else "?"
-            if str(err) == EMPTY_TURNS:  # the official test.json holds such conversations: nothing to predict
-                return ConversationPrediction([], [Skipped("conversation", cid, EMPTY_TURNS)])
-            raise UserError(f"conversation {cid!r}: {err}") from None
-        clips = clip_source(media)
-        sample, clip_skips = encode(conversation, clips)
-        if isinstance(clips, MemoryClips):
-            clip_skips += [Skipped("clip", name, "no utterance of this conversation uses this name: not read")
-                           for name in clips.unused()]
+        sample, skipped = conversation_sample(record, media)
+        if sample is None:
+            return ConversationPrediction([], skipped)
         counter = SkipCounter(keep_reasons=True)
         turns = self.combine(self.score_samples([sample], counter, batch_size))
-        return ConversationPrediction(turns, skipped + clip_skips + counter_skips(counter))
+        return ConversationPrediction(turns, skipped + counter_skips(counter))
 
     def predict_media(self, media: str | Path | None = None, *, audio: str | Path | None = None,
                       transcript: str | Path | Sequence[Cue] | None = None, asr: str | Path | Transcriber | None = None,
@@ -232,6 +256,25 @@ class Predictor:
 
         return predict_media(self, media, audio=audio, transcript=transcript, asr=asr, speaker=speaker,
                              explain=explain, limits=limits, batch_size=batch_size)
+
+
+def conversation_sample(record: Mapping[str, Any], media: str | Path | MediaDirs | Mapping[str, bytes] | ClipSource
+                        ) -> tuple[dict[str, Any] | None, list[Skipped]]:
+    """The shard sample of one conversation record with its clips, and what was skipped in it; no sample for a
+    conversation with an empty turn list (said in the skips); any other malformed record is a one-line UserError."""
+    try:
+        conversation, skipped = parse_conversation(record)
+    except RecordError as err:
+        cid = str(record.get("conversation_id", "?")) if isinstance(record, Mapping) else "?"
+        if str(err) == EMPTY_TURNS:  # the official test.json holds such conversations: nothing to predict
+            return None, [Skipped("conversation", cid, EMPTY_TURNS)]
+        raise UserError(f"conversation {cid!r}: {err}") from None
+    clips = clip_source(media)
+    sample, clip_skips = encode(conversation, clips)
+    if isinstance(clips, MemoryClips):
+        clip_skips += [Skipped("clip", name, "no utterance of this conversation uses this name: not read")
+                       for name in clips.unused()]
+    return sample, skipped + clip_skips
 
 
 def clip_source(media: str | Path | MediaDirs | Mapping[str, bytes] | ClipSource) -> ClipSource:
