@@ -463,14 +463,23 @@ class TurnLoader:
     as a shared-memory segment and a file descriptor of its own, which for a dozen small
     tensors per batch cost more than the pickling (about 9 ms of a worker's time per batch of
     8). The arrays become tensors here, in the consuming process, without a copy.
+
+    With ``pin`` (a CUDA device consumes the batches) the small fields are put in pinned memory
+    too (the DataLoader pins the media tensors), so ``.to(device, non_blocking=True)`` really does
+    not block the host.
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader):
+    def __init__(self, loader: torch.utils.data.DataLoader, pin: bool = False):
         self.loader = loader
+        self.pin = pin
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in self.loader:
-            yield as_tensors(batch)
+            batch = as_tensors(batch)
+            if self.pin:
+                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) and not v.is_pinned() else v
+                         for k, v in batch.items()}
+            yield batch
 
 
 def as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
@@ -497,7 +506,7 @@ def prepared_video(manifest: Manifest, cfg: VideoConfig, modalities: Modalities)
 def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size: int, train: bool,
                  rank: int = 0, world_size: int = 1, skip_batches: int = 0,
                  manifest: Manifest | None = None, vocab: dict[str, list[str]] | None = None,
-                 unlabelled: bool = False) -> tuple[TurnLoader, Manifest]:
+                 unlabelled: bool = False, pin_memory: bool | None = None) -> tuple[TurnLoader, Manifest]:
     """The turn batches for this rank, and the split's manifest.
 
     ``skip_batches`` (training resume): the stream starts where a loader built the same way stood
@@ -505,7 +514,9 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
     read (the shard order and shuffle buffer advance as before) but not decoded. ``manifest``: the
     split's, when the caller already loaded it. ``vocab``: the metadata vocabularies a trained model
     was built with (``predict`` on shards packed from other data), instead of the manifest's.
-    ``unlabelled``: yield unlabelled turns too (label -1).
+    ``unlabelled``: yield unlabelled turns too (label -1). ``pin_memory``: batches in pinned host
+    memory, for asynchronous copies to a GPU; by default when CUDA is available (the device every rank
+    then computes on, see :func:`emotrain.training.distributed.device_for`), never on a CPU-only machine.
 
     Workers start from a fork server: torchaudio's thread pools can deadlock in workers forked
     from a training process. The fork server imports this module and the decoders once; the
@@ -524,8 +535,9 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
     # global torch RNG that would shift the training process's dropout stream whenever a loader is
     # built (each validation; a resumed run builds its train loader after restoring the RNG).
     # The workers draw nothing from torch; their randomness is seeded explicitly (TurnBatches).
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     kwargs: dict[str, Any] = {"batch_size": None, "num_workers": cfg.num_workers, "collate_fn": _as_sent,
-                              "generator": torch.Generator().manual_seed(cfg.seed)}
+                              "generator": torch.Generator().manual_seed(cfg.seed), "pin_memory": pin}
     if cfg.num_workers > 0:
         FORKSERVER.set_forkserver_preload(WORKER_PRELOAD)  # a no-op once the server runs
         # The fork server must outlive a SIGTERM to every process of the job. The resource tracker it
@@ -535,4 +547,4 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
             multiprocessing.forkserver.ensure_running()
         kwargs.update(multiprocessing_context=FORKSERVER, prefetch_factor=4, persistent_workers=False,
                       worker_init_fn=init_worker)
-    return TurnLoader(torch.utils.data.DataLoader(dataset, **kwargs)), manifest
+    return TurnLoader(torch.utils.data.DataLoader(dataset, **kwargs), pin=pin), manifest
