@@ -55,3 +55,19 @@ def test_gpu_tests_skip_with_needs_cuda_without_a_gpu() -> None:
     assert proc.returncode == 0 and "skipped" in summary and "passed" not in summary and "failed" not in summary, proc.stdout
     skips = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
     assert skips and all("needs CUDA" in line for line in skips), proc.stdout
+
+
+def test_bf16_peaks_by_device_name() -> None:
+    from emotrain.models.flops import bf16_peak_flops
+
+    assert bf16_peak_flops("NVIDIA H200") == 989e12 and bf16_peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert bf16_peak_flops("NVIDIA GeForce RTX 3060") == 25e12 and bf16_peak_flops("Some Other GPU") is None
+
+
+def test_workload_counts_clips_left_as_jpeg() -> None:
+    from emotrain.models.example_batch import example_batch
+    from emotrain.models.flops import TurnWorkload
+
+    batch = example_batch("video_text", [0, 1], frames=4, image=32)
+    undecoded = {k: v for k, v in batch.items() if k != "video"} | {"video_jpeg": torch.zeros(1, dtype=torch.uint8)}
+    assert TurnWorkload.from_batch(undecoded).video_clips == TurnWorkload.from_batch(batch).video_clips == 1
