@@ -55,6 +55,9 @@ if [ -n "$wheels" ]; then
     run_step install 600 benchmarks/install_offline.sh "$wheels" "$py"
 fi
 cuda=$("$py" -c 'import torch; print(int(torch.cuda.is_available()))')
+"$py" -c 'import platform, torch
+print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})")' \
+    > "$out/device.txt"
 export EMOTRAIN_GPU_REPORT="$out/figures" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$cuda" = 1 ]; then
     export DS_ACCELERATOR=cuda
@@ -65,8 +68,8 @@ if [ "$cuda" = 1 ]; then
 else  # the CPU's share: the GPU tests skip (needs CUDA), the throughput benchmark's tiny configs, a short loader run
     export DS_ACCELERATOR=cpu
     run_step gpu_tests 300 "$py" -m pytest -m gpu tests/test_gpu.py -rs -q -p no:cacheprovider --junitxml "$out/gpu_tests.xml"
-    run_step throughput 900 "$py" benchmarks/gpu_throughput.py --steps 2 --warmup-steps 1 --conversations 6 \
-        --seconds 2 --workers 1 --json "$out/throughput.json"
+    run_step throughput 900 "$py" benchmarks/gpu_throughput.py --steps 2 --warmup-steps 1 --conversations 4 \
+        --seconds 1.5 --workers 1 --json "$out/throughput.json"
     run_step cores_per_gpu 900 "$py" benchmarks/cores_per_gpu.py --video-size 256 --conversations 4 --warmup 2 \
         --batches 4 --formats 0 --workers 1
 fi

@@ -67,7 +67,7 @@ def build(folder: Path) -> dict:
                     "nvJPEG's decode cost in cores_per_gpu.py"]
     return {
         "python": platform.python_version(), "host": platform.node(), "cuda": cuda,
-        "device": throughput.get("device") if throughput else None,
+        "device": _read(folder / "device.txt") or (throughput.get("device") if throughput else None),
         "torch_before": _read(folder / "torch_before.txt"), "torch_after": _read(folder / "torch_after.txt"),
         "steps": _steps(folder), "gpu_tests": tests, "gpu_steps_skipped": skipped, "figures": figures,
         "throughput": throughput, "cores_per_gpu": _cores_rows(folder),
