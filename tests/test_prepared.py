@@ -299,3 +299,28 @@ def test_lean_tar_headers_and_token_ids_leave_every_sample_as_it_was(both, monke
                 assert torch.equal(ours[key], theirs[key]), key
             else:
                 assert ours[key] == theirs[key], key
+
+
+def test_reused_frame_buffers_never_change_a_batch_whether_kept_or_dropped(both):
+    """Worker-decoded frames go into shared-memory slots the worker reuses once the batch's frames are gone from
+    this process (emotrain.data.frame_slots). A consumer that keeps every batch and one that drops each at once
+    see the frames a worker-less loader gives; the second really reuses slots."""
+    def stream(workers: int, keep: bool, count: int = 24):
+        cfg = data_config(both[1], num_workers=workers, seed=5,
+                          video=VideoConfig(num_frames=4, image_size=32, jitter=True))
+        loader, _ = build_loader(cfg, "train", VIDEO, 2, train=True)
+        out = []
+        for batch in loader:
+            out.append((batch["keys"], batch["video"] if keep else batch["video"].clone()))
+            del batch
+            if len(out) == count:
+                return out, loader
+        return out, loader
+
+    reference, _ = stream(0, keep=True)
+    kept, _ = stream(1, keep=True)
+    dropped, loader = stream(1, keep=False)
+    for got in (kept, dropped):
+        assert [k for k, _ in got] == [k for k, _ in reference]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, reference))
+    assert loader.frame_slots is not None and loader.frame_slots.reused > 0

@@ -62,6 +62,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import default_collate
 
+from emotrain.data.frame_slots import FrameSlots, frames_buffer
+from emotrain.data.frame_slots import install as install_frame_slots
 from emotrain.data.manifest import Manifest
 from emotrain.data.media import AudioConfig, MediaError, VideoConfig, decode_audio, decode_video, resize_frames
 from emotrain.data.prepared import (
@@ -317,10 +319,12 @@ def collate_prepared(clips: list[PreparedClip | None], keys: list[str], cfg: Vid
                 flat[pos : pos + len(jpeg)] = np.frombuffer(jpeg, dtype=np.uint8)
                 pos += len(jpeg)
         return {"video_jpeg": data, "video_jpeg_sizes": sizes, "video_jpeg_side": side, "video_present": present}
-    video = media_zeros((len(clips), frames, side, side, 3), torch.uint8)
+    video, slot = frames_buffer((len(clips), frames, side, side, 3))  # possibly a reused slot: every clip written
     pixels = video.numpy()
     for i, clip in enumerate(clips):
         if clip is None:
+            if slot is not None:
+                pixels[i] = 0
             continue
         try:
             decode_into(clip, pixels[i])
@@ -328,7 +332,8 @@ def collate_prepared(clips: list[PreparedClip | None], keys: list[str], cfg: Vid
             counter.add("bad_clips", keys[i], err)
             pixels[i] = 0
             present[i] = False
-    return {"video": video.permute(0, 1, 4, 2, 3), "video_present": present}
+    out = {"video": video.permute(0, 1, 4, 2, 3), "video_present": present}
+    return out if slot is None else {**out, "frame_slot": slot}
 
 
 def collate_audio(windows: list[list[np.ndarray | None]], slots: int) -> dict[str, Any]:
@@ -393,9 +398,10 @@ class TurnBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, urls: list[str], cfg: DataConfig, modalities: Modalities, vocab: dict[str, list[str]],
                  batch_size: int, train: bool, rank: int, world_size: int, skip_batches: int = 0,
-                 unlabelled: bool = False, prepared: PreparedVideo | None = None):
+                 unlabelled: bool = False, prepared: PreparedVideo | None = None, frame_slots: FrameSlots | None = None):
         super().__init__()
         self.unlabelled = unlabelled
+        self.frame_slots = frame_slots  # reusable shared-memory frame buffers (emotrain.data.frame_slots)
         self.prepared = prepared
         self.urls, self.cfg, self.modalities, self.vocab = urls, cfg, modalities, vocab
         self.batch_size, self.train = batch_size, train
@@ -413,6 +419,7 @@ class TurnBatches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         workers = 1 if info is None else info.num_workers
+        install_frame_slots(self.frame_slots if info is not None else None)
         # A DataLoader takes batches from its workers in turn, starting with worker 0 (batch i from
         # worker i % workers). A loader resuming after skip_batches batches must start with the reader
         # that was next, so each worker plays reader (id + skip_batches) % workers, and that reader's
@@ -469,12 +476,15 @@ class TurnLoader:
     not block the host.
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader, pin: bool = False):
+    def __init__(self, loader: torch.utils.data.DataLoader, pin: bool = False, frame_slots: FrameSlots | None = None):
         self.loader = loader
         self.pin = pin
+        self.frame_slots = frame_slots
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in self.loader:
+            if self.frame_slots is not None:  # frees the workers' frame buffers no tensor here uses any more
+                self.frame_slots.arrived(batch)
             batch = as_tensors(batch)
             if self.pin:
                 batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) and not v.is_pinned() else v
@@ -529,8 +539,10 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
     manifest = manifest or Manifest.load(cfg.shards, split)  # callers that hold it pass it down
     urls = manifest.shard_urls()
     prepared = prepared_video(manifest, cfg.video, modalities)
+    decoded_in_workers = prepared is not None and cfg.video.jpeg_decode == "worker" and cfg.num_workers > 0
+    slots = FrameSlots(cfg.num_workers) if decoded_in_workers else None
     dataset = TurnBatches(urls, cfg, modalities, manifest.vocab if vocab is None else vocab, batch_size, train, rank,
-                          world_size, skip_batches, unlabelled, prepared)
+                          world_size, skip_batches, unlabelled, prepared, slots)
     # Its own generator: a DataLoader draws its workers' base seed when an iterator starts, and from the
     # global torch RNG that would shift the training process's dropout stream whenever a loader is
     # built (each validation; a resumed run builds its train loader after restoring the RNG).
@@ -547,4 +559,4 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
             multiprocessing.forkserver.ensure_running()
         kwargs.update(multiprocessing_context=FORKSERVER, prefetch_factor=4, persistent_workers=False,
                       worker_init_fn=init_worker)
-    return TurnLoader(torch.utils.data.DataLoader(dataset, **kwargs), pin=pin), manifest
+    return TurnLoader(torch.utils.data.DataLoader(dataset, **kwargs), pin=pin, frame_slots=slots), manifest
