@@ -130,7 +130,8 @@ def _members(file) -> Iterator[tuple[str, int, bool]]:
                 raise tarfile.ReadError("truncated header")
             if block == _EMPTY:
                 return
-            if tarfile.nti(block[148:156]) not in tarfile.calc_chksums(block):
+            stored = tarfile.nti(block[148:156])  # the unsigned sum first (4x quicker than calc_chksums)
+            if stored != 256 + sum(block) - sum(block[148:156]) and stored not in tarfile.calc_chksums(block):
                 raise tarfile.ReadError("bad checksum")
             size = tarfile.nti(block[124:136])
         except (tarfile.ReadError, tarfile.HeaderError) as err:
