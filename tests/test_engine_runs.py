@@ -143,7 +143,6 @@ def test_nonfinite_losses_are_skipped_together_then_stop(tmp_path: Path) -> None
     # (12,13) skipped in a row.
     assert result["step"] == 3 and sorted(losses(result)) == [1, 2, 3]
     assert "3 non-finite losses in a row" in proc.stderr
-    assert "non-finite loss on 1 rank(s), optimizer step skipped" in proc.stdout + proc.stderr
     assert checkpoint.latest_complete_tag(checkpoint.checkpoint_dir(tmp_path)) == "step00000003"
 
 
