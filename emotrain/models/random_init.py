@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from emotrain.models.build import ModelConfig
+from emotrain.models.model_config import ModelConfig
 from emotrain.models.encoders import DEFAULT_PRETRAINED_FROZEN_LAYERS, EncoderSpec
 
 _KINDS = {"text": "bert", "audio": "wav2vec2", "video": "timesformer"}
