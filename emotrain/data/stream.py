@@ -483,13 +483,18 @@ class TurnLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in self.loader:
-            if self.frame_slots is not None:  # frees the workers' frame buffers no tensor here uses any more
-                self.frame_slots.arrived(batch)
-            batch = as_tensors(batch)
-            if self.pin:
-                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) and not v.is_pinned() else v
-                         for k, v in batch.items()}
-            yield batch
+            yield self.receive(batch)
+
+    def receive(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """One batch as the DataLoader gave it, made what the models take (for callers that iterate
+        ``self.loader`` themselves, as benchmarks/cores_per_gpu.py does to reach the worker processes)."""
+        if self.frame_slots is not None:  # frees the workers' frame buffers no tensor here uses any more
+            self.frame_slots.arrived(batch)
+        batch = as_tensors(batch)
+        if self.pin:
+            batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) and not v.is_pinned() else v
+                     for k, v in batch.items()}
+        return batch
 
 
 def as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
