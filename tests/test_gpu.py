@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from gpu_util import REPO, full_size_run_yaml, record
-from test_engine_runs import scalars
+from helpers import scalars
 
 from corpus import make_shards
 from emotrain.data.prepared import PreparedVideo
@@ -169,7 +169,7 @@ def test_nvjpeg_decode_matches_libjpeg_and_batches_are_pinned(gpu_shards) -> Non
     (IDCT and upsampling differ). On CUDA the loader's batches come in pinned memory."""
     from dataclasses import replace
 
-    from test_stream import data_config
+    from helpers import data_config
 
     from emotrain.data.media import VideoConfig
     from emotrain.data.prepared import decode_on_device

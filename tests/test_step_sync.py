@@ -57,7 +57,7 @@ def test_step_skip_leaves_weights_moments_and_schedule_untouched() -> None:
 
 
 def test_loader_pins_memory_only_with_cuda(five_shards) -> None:
-    from test_stream import data_config
+    from helpers import data_config
 
     from emotrain.data.stream import Modalities, build_loader
 
