@@ -46,7 +46,7 @@ from emotrain.data.media import AudioConfig, VideoConfig  # noqa: E402
 from emotrain.data.pack import PackOptions, pack  # noqa: E402
 from emotrain.data.prepared import PreparedVideo, decode_on_device  # noqa: E402
 from emotrain.data.splits import SplitRecipe  # noqa: E402
-from emotrain.data.stream import DataConfig, Modalities, TurnBatches, as_tensors, build_loader  # noqa: E402
+from emotrain.data.stream import DataConfig, Modalities, TurnBatches, build_loader  # noqa: E402
 from emotrain.data.synthetic import SynthSpec, generate_corpus  # noqa: E402
 from emotrain.data.text import TextConfig  # noqa: E402
 from emotrain.config import load_config  # noqa: E402
@@ -96,11 +96,11 @@ def measure(cfg: DataConfig, modalities: Modalities, batch_size: int, warmup: in
     iterator = iter(loader.loader)
     pids = [w.pid for w in getattr(iterator, "_workers", [])]
     for _ in range(warmup):
-        next(iterator)
+        loader.receive(next(iterator))
     start, cpu_start, main_start = time.perf_counter(), workers_cpu(pids), time.process_time()
     turns = media = rows = copies = 0
     for _ in range(batches):
-        batch = as_tensors(next(iterator))
+        batch = loader.receive(next(iterator))
         turns += len(batch["keys"])
         media += sum(batch[k].numel() * batch[k].element_size() for k in ("video", "video_jpeg", "audio") if k in batch)
         rows += batch["utt_token_ids"].shape[0] + batch["ctx_token_ids"].shape[0]

@@ -133,14 +133,35 @@ def test_sigterm_on_one_rank_checkpoints_everywhere_and_exits_0(tmp_path: Path) 
 
 
 def test_nonfinite_losses_are_skipped_together_then_stop(tmp_path: Path) -> None:
-    """NaNs on rank 1 only: both ranks skip the micro-batch; 3 in a row stop the run with a checkpoint."""
-    proc = run(torchrun(tmp_path, "--nan-at", "3,9,10,11", train=REFERENCE + ["max_consecutive_nonfinite=3"]))
+    """NaNs on rank 1 only: both ranks skip the optimizer step they fall in; 3 skipped steps in a row stop the
+    run with a checkpoint."""
+    proc = run(torchrun(tmp_path, "--nan-at", "3,9,11,13", train=REFERENCE + ["max_consecutive_nonfinite=3"]))
     result = result_of(tmp_path, proc)
     assert proc.returncode != 0
     assert (result["stop_reason"], result["exit_code"], result["nonfinite"]) == ("nonfinite", 3, 4)
-    assert result["step"] == 4  # micro-batches 0-8 minus the skipped one make 4 steps of 2
+    # Steps of 2 micro-batches: (0,1) step 1, (2,3) skipped, (4,5) step 2, (6,7) step 3, then (8,9), (10,11),
+    # (12,13) skipped in a row.
+    assert result["step"] == 3 and sorted(losses(result)) == [1, 2, 3]
     assert "3 non-finite losses in a row" in proc.stderr
-    assert checkpoint.latest_complete_tag(checkpoint.checkpoint_dir(tmp_path)) == "step00000004"
+    assert checkpoint.latest_complete_tag(checkpoint.checkpoint_dir(tmp_path)) == "step00000003"
+
+
+def test_engine_syncs_once_per_optimizer_step(tmp_path: Path) -> None:
+    """The engine's own collectives and host reads (tests/sync_counter.py), per rank, over 8 steps of 3
+    micro-batches logged every 4: one all-reduce and one read of it per step (the loader counters ride along on
+    logging steps); logging may read the grad norm. Per micro-batch syncs made this 26 collectives and 76 reads."""
+    counts = tmp_path / "syncs.json"
+    train = ["total_samples=384", "global_batch_size=48", "micro_batch_size=8", "checkpoint_every_steps=0",
+             "eval_every_steps=0", "log_every_steps=4"]
+    proc = run(torchrun(tmp_path, "--count-syncs", str(counts), train=train))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        found = json.loads(counts.with_suffix(f".rank{rank}.json").read_text())
+        print(f"rank {rank}: {found}")
+        assert found["steps"] == 8
+        assert found["collectives"] == 8 and found["collectives:all_reduce"] == 8, found
+        assert 8 <= found["host_reads"] <= 8 + 2, found  # + the grad norm at the 2 logging steps
+    assert [step for step, _ in scalars(tmp_path)["train/skipped_samples"]] == [4, 8]
 
 
 @pytest.mark.parametrize("launcher", ["accelerate", "deepspeed"])

@@ -15,8 +15,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "emotrain"
 
 # Bottom to top. The process-wide helpers (config, errors, files, console, logging, signals, label schemes,
-# shared names) form the base; the composition roots (recipes) sit above every layer they wire; the sweep
-# runs recipes; the commands and the command table sit on top.
+# shared names) form the base; the composition roots (recipes, and the server around a bundle) sit above
+# every layer they wire; the sweep runs recipes; the commands and the command table sit on top.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("config", "errors", "files", "console", "log", "signals", "labels", "names"),
     ("data",),
@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("evaluation",),
     ("fusion",),
     ("inference",),
-    ("recipes",),
+    ("recipes", "serve"),
     ("sweep",),
     ("commands",),
     ("cli",),

@@ -255,3 +255,72 @@ def test_device_decode_on_cuda_without_torchvision_is_one_line(both):
     batch = eval_batches(both[1], jpeg_decode="device")[0]
     with pytest.raises(UserError, match="needs torchvision"):
         decode_on_device(batch["video_jpeg"], batch["video_jpeg_sizes"], batch["video_jpeg_side"], torch.device("cuda"))
+
+
+def _tarfile_members(file):
+    """The shard reader's headers as ``tarfile`` reads them (what emotrain.data.tars._members replaced)."""
+    with tarfile.open(fileobj=file, mode="r:") as tar:
+        for info in tar:
+            file.seek(info.offset_data)
+            yield info.name, info.size, info.isreg()
+
+
+def _wrapper_token_ids(tokenizer, texts, cap):
+    """Token ids through the transformers wrapper (what emotrain.data.text.token_ids replaced)."""
+    return tokenizer(texts, truncation=True, max_length=cap)["input_ids"]
+
+
+@pytest.mark.parametrize("decode", ["worker", "device"])
+def test_lean_tar_headers_and_token_ids_leave_every_sample_as_it_was(both, monkeypatch, decode):
+    """Training batches (jittered frames, audio-free model B, context on) with the worker's lean paths and with
+    the tarfile reader and the tokenizer wrapper they replaced: equal, field by field."""
+    from emotrain.data import tars, text
+
+    def batches() -> list[dict]:
+        cfg = data_config(both[1], seed=3, shuffle_buffer=4,
+                          video=VideoConfig(num_frames=4, image_size=32, jitter=True, jpeg_decode=decode))
+        loader, _ = build_loader(cfg, "train", Modalities(audio=True, video=True), 4, train=True)
+        out = []
+        for batch in loader:
+            out.append(batch)
+            if len(out) == 6:
+                return out
+        return out
+
+    lean = batches()
+    monkeypatch.setattr(tars, "_members", _tarfile_members)
+    monkeypatch.setattr(text, "token_ids", _wrapper_token_ids)
+    reference = batches()
+    assert len(lean) == len(reference) == 6
+    for ours, theirs in zip(lean, reference):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            if isinstance(ours[key], torch.Tensor):
+                assert torch.equal(ours[key], theirs[key]), key
+            else:
+                assert ours[key] == theirs[key], key
+
+
+def test_reused_frame_buffers_never_change_a_batch_whether_kept_or_dropped(both):
+    """Worker-decoded frames go into shared-memory slots the worker reuses once the batch's frames are gone from
+    this process (emotrain.data.frame_slots). A consumer that keeps every batch and one that drops each at once
+    see the frames a worker-less loader gives; the second really reuses slots."""
+    def stream(workers: int, keep: bool, count: int = 24):
+        cfg = data_config(both[1], num_workers=workers, seed=5,
+                          video=VideoConfig(num_frames=4, image_size=32, jitter=True))
+        loader, _ = build_loader(cfg, "train", VIDEO, 2, train=True)
+        out = []
+        for batch in loader:
+            out.append((batch["keys"], batch["video"] if keep else batch["video"].clone()))
+            del batch
+            if len(out) == count:
+                return out, loader
+        return out, loader
+
+    reference, _ = stream(0, keep=True)
+    kept, _ = stream(1, keep=True)
+    dropped, loader = stream(1, keep=False)
+    for got in (kept, dropped):
+        assert [k for k, _ in got] == [k for k, _ in reference]
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, reference))
+    assert loader.frame_slots is not None and loader.frame_slots.reused > 0

@@ -56,3 +56,60 @@ def test_a_duplicate_member_is_reported_and_the_first_kept(tmp_path):
 def test_keys_split_at_the_first_dot_of_the_base_name():
     assert split_name("dir.v2/00001.utt3.frames.json") == ("dir.v2/00001", "utt3.frames.json")
     assert split_name("noext") == (None, None)
+
+
+def _tar(path: Path, fmt: int, members: list[tuple[str, bytes | None]]) -> Path:
+    """A tar of regular files (bytes), directories (None) and one symlink, in tarfile's format ``fmt``."""
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            if payload is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+        link = tarfile.TarInfo("link.json")
+        link.type, link.linkname = tarfile.SYMTYPE, "a.json"
+        tar.addfile(link)
+    return path
+
+
+def _by_tarfile(path: Path) -> list[tuple[str, int, bool, bytes | None]]:
+    out = []
+    with tarfile.open(path, "r:") as tar:
+        for info in tar:
+            out.append((info.name, info.size, info.isreg(), tar.extractfile(info).read() if info.isreg() else None))
+    return out
+
+
+def _by_lean_reader(path: Path) -> list[tuple[str, int, bool, bytes | None]]:
+    from emotrain.data.tars import _members
+
+    out = []
+    with open(path, "rb") as file:
+        for name, size, regular in _members(file):
+            out.append((name, size, regular, file.read(size) if regular else None))
+    return out
+
+
+def test_the_lean_header_reader_reads_names_sizes_and_data_as_tarfile_does(tmp_path):
+    long_dir = "d" * 120 + "/"
+    members = [("a.json", b"1" * 700), ("dir", None), ("k/" + "x" * 150 + ".utt1.frames.mjpeg", b"\xff\xd8" * 300),
+               ("ünïcode/ключ.wav", b"RIFF" * 10), (long_dir + "short.json", b"{}"), ("empty.txt", b"")]
+    for fmt in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT):
+        chosen = members if fmt != tarfile.USTAR_FORMAT else [m for m in members if "x" * 150 not in m[0]]
+        path = _tar(tmp_path / f"f{fmt}.tar", fmt, chosen)
+        assert _by_lean_reader(path) == _by_tarfile(path), fmt
+    # A damaged header after the first ends the archive quietly, as tarfile does; a damaged first one is an error.
+    path = tmp_path / f"f{tarfile.PAX_FORMAT}.tar"
+    data = bytearray(path.read_bytes())
+    second = 512 + 1024  # a.json's header and its 700 bytes of data
+    data[second + 10] ^= 0xFF
+    (tmp_path / "damaged.tar").write_bytes(bytes(data))
+    assert _by_lean_reader(tmp_path / "damaged.tar") == _by_tarfile(tmp_path / "damaged.tar") != []
+    data[10] ^= 0xFF
+    (tmp_path / "first.tar").write_bytes(bytes(data))
+    errors: list[Exception] = []
+    assert list(shard_samples([{"url": str(tmp_path / "first.tar")}], lambda n: True, errors.append)) == []
+    assert len(errors) == 1 and "bad checksum" in str(errors[0])

@@ -33,6 +33,7 @@ from emotrain.models.inputs import model_inputs  # noqa: E402
 from emotrain.training.engine import TrainResult, build_engine, fit  # noqa: E402
 from emotrain.training.deepspeed_config import TrainConfig  # noqa: E402
 from emotrain.training.optim import optimizer_state_bytes  # noqa: E402
+from sync_counter import SyncCounter  # noqa: E402
 
 NUM_CLASSES, VOCAB, UTTS, TOKENS, SAMPLES, META_FIELDS, META_VOCAB = 7, 64, 3, 6, 32, 4, 5
 
@@ -102,6 +103,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scripted-val", default="", metavar="STEP:F1,...",
                         help="val/macro_f1 reported at these steps (rank 0 only, as a gathered metric is), "
                         "instead of measuring; for best-checkpoint and early-stopping tests")
+    parser.add_argument("--count-syncs", type=Path, metavar="JSON",
+                        help="count the engine's collectives and host reads (tests/sync_counter.py); each rank "
+                        "writes them to JSON with .rankN inserted before the suffix")
     parser.add_argument("--dump-fp32", type=Path, metavar="SAFETENSORS",
                         help="only build the engine, step three times, save a checkpoint and write the optimizer's "
                         "fp32 master weights (what an exact export must hold) here; --result-json gets each rank's "
@@ -125,6 +129,7 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = ToyModel()
     nan_at = {int(i) for i in args.nan_at.split(",") if i} if env.rank == 1 or env.world_size == 1 else set()
+    counter = SyncCounter().install() if args.count_syncs else None
     result = fit(
         model, nn.CrossEntropyLoss(),
         lambda state: toy_batches(state, cfg.seed, env.rank, cfg.micro_batch_size, nan_at, args.delay),
@@ -133,6 +138,9 @@ def main(argv: list[str]) -> int:
                      else lambda predict, step: {"val/accuracy": _accuracy(predict, cfg.seed)}),
         data_stats=lambda: {"skipped_samples": env.rank},
     )
+    if counter is not None:
+        path = args.count_syncs.with_suffix(f".rank{env.rank}{args.count_syncs.suffix}")
+        path.write_text(json.dumps({**counter.counts, "steps": result.step, "nonfinite": result.nonfinite}))
     if env.is_main and args.result_json:
         args.result_json.write_text(json.dumps(_report(result, env), indent=1))
     dist.shutdown()

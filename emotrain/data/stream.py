@@ -64,6 +64,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import default_collate
 
+from emotrain.data.frame_slots import FrameSlots, frames_buffer
+from emotrain.data.frame_slots import install as install_frame_slots
 from emotrain.data.manifest import Manifest
 from emotrain.data.media import AudioConfig, MediaError, VideoConfig, decode_audio, decode_video, resize_frames
 from emotrain.data.prepared import (
@@ -336,10 +338,12 @@ def collate_prepared(clips: list[PreparedClip | None], keys: list[str], cfg: Vid
                 flat[pos : pos + len(jpeg)] = np.frombuffer(jpeg, dtype=np.uint8)
                 pos += len(jpeg)
         return {"video_jpeg": data, "video_jpeg_sizes": sizes, "video_jpeg_side": side, "video_present": present}
-    video = media_zeros((len(clips), frames, side, side, 3), torch.uint8)
+    video, slot = frames_buffer((len(clips), frames, side, side, 3))  # possibly a reused slot: every clip written
     pixels = video.numpy()
     for i, clip in enumerate(clips):
         if clip is None:
+            if slot is not None:
+                pixels[i] = 0
             continue
         try:
             decode_into(clip, pixels[i])
@@ -347,7 +351,8 @@ def collate_prepared(clips: list[PreparedClip | None], keys: list[str], cfg: Vid
             counter.add("bad_clips", keys[i], err)
             pixels[i] = 0
             present[i] = False
-    return {"video": video.permute(0, 1, 4, 2, 3), "video_present": present}
+    out = {"video": video.permute(0, 1, 4, 2, 3), "video_present": present}
+    return out if slot is None else {**out, "frame_slot": slot}
 
 
 def collate_audio(windows: list[list[np.ndarray | None]], slots: int) -> dict[str, Any]:
@@ -412,9 +417,10 @@ class TurnBatches(torch.utils.data.IterableDataset):
 
     def __init__(self, urls: list[str], cfg: DataConfig, modalities: Modalities, vocab: dict[str, list[str]],
                  batch_size: int, train: bool, rank: int, world_size: int, skip_batches: int = 0,
-                 unlabelled: bool = False, prepared: PreparedVideo | None = None):
+                 unlabelled: bool = False, prepared: PreparedVideo | None = None, frame_slots: FrameSlots | None = None):
         super().__init__()
         self.unlabelled = unlabelled
+        self.frame_slots = frame_slots  # reusable shared-memory frame buffers (emotrain.data.frame_slots)
         self.prepared = prepared
         self.urls, self.cfg, self.modalities, self.vocab = urls, cfg, modalities, vocab
         self.batch_size, self.train = batch_size, train
@@ -432,6 +438,7 @@ class TurnBatches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         workers = 1 if info is None else info.num_workers
+        install_frame_slots(self.frame_slots if info is not None else None)
         # A DataLoader takes batches from its workers in turn, starting with worker 0 (batch i from
         # worker i % workers). A loader resuming after skip_batches batches must start with the reader
         # that was next, so each worker plays reader (id + skip_batches) % workers, and that reader's
@@ -482,14 +489,31 @@ class TurnLoader:
     as a shared-memory segment and a file descriptor of its own, which for a dozen small
     tensors per batch cost more than the pickling (about 9 ms of a worker's time per batch of
     8). The arrays become tensors here, in the consuming process, without a copy.
+
+    With ``pin`` (a CUDA device consumes the batches) the small fields are put in pinned memory
+    too (the DataLoader pins the media tensors), so ``.to(device, non_blocking=True)`` really does
+    not block the host.
     """
 
-    def __init__(self, loader: torch.utils.data.DataLoader):
+    def __init__(self, loader: torch.utils.data.DataLoader, pin: bool = False, frame_slots: FrameSlots | None = None):
         self.loader = loader
+        self.pin = pin
+        self.frame_slots = frame_slots
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in self.loader:
-            yield as_tensors(batch)
+            yield self.receive(batch)
+
+    def receive(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """One batch as the DataLoader gave it, made what the models take (for callers that iterate
+        ``self.loader`` themselves, as benchmarks/cores_per_gpu.py does to reach the worker processes)."""
+        if self.frame_slots is not None:  # frees the workers' frame buffers no tensor here uses any more
+            self.frame_slots.arrived(batch)
+        batch = as_tensors(batch)
+        if self.pin:
+            batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) and not v.is_pinned() else v
+                     for k, v in batch.items()}
+        return batch
 
 
 def as_tensors(batch: dict[str, Any]) -> dict[str, Any]:
@@ -516,7 +540,7 @@ def prepared_video(manifest: Manifest, cfg: VideoConfig, modalities: Modalities)
 def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size: int, train: bool,
                  rank: int = 0, world_size: int = 1, skip_batches: int = 0,
                  manifest: Manifest | None = None, vocab: dict[str, list[str]] | None = None,
-                 unlabelled: bool = False) -> tuple[TurnLoader, Manifest]:
+                 unlabelled: bool = False, pin_memory: bool | None = None) -> tuple[TurnLoader, Manifest]:
     """The turn batches for this rank, and the split's manifest.
 
     ``skip_batches`` (training resume): the stream starts where a loader built the same way stood
@@ -524,7 +548,9 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
     read (the shard order and shuffle buffer advance as before) but not decoded. ``manifest``: the
     split's, when the caller already loaded it. ``vocab``: the metadata vocabularies a trained model
     was built with (``predict`` on shards packed from other data), instead of the manifest's.
-    ``unlabelled``: yield unlabelled turns too (label -1).
+    ``unlabelled``: yield unlabelled turns too (label -1). ``pin_memory``: batches in pinned host
+    memory, for asynchronous copies to a GPU; by default when CUDA is available (the device every rank
+    then computes on, see :func:`emotrain.training.distributed.device_for`), never on a CPU-only machine.
 
     Workers start from a fork server: torchaudio's thread pools can deadlock in workers forked
     from a training process. The fork server imports this module and the decoders once; the
@@ -537,14 +563,17 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
     manifest = manifest or Manifest.load(cfg.shards, split)  # callers that hold it pass it down
     urls = manifest.shard_urls()
     prepared = prepared_video(manifest, cfg.video, modalities)
+    decoded_in_workers = prepared is not None and cfg.video.jpeg_decode == "worker" and cfg.num_workers > 0
+    slots = FrameSlots(cfg.num_workers) if decoded_in_workers else None
     dataset = TurnBatches(urls, cfg, modalities, manifest.vocab if vocab is None else vocab, batch_size, train, rank,
-                          world_size, skip_batches, unlabelled, prepared)
+                          world_size, skip_batches, unlabelled, prepared, slots)
     # Its own generator: a DataLoader draws its workers' base seed when an iterator starts, and from the
     # global torch RNG that would shift the training process's dropout stream whenever a loader is
     # built (each validation; a resumed run builds its train loader after restoring the RNG).
     # The workers draw nothing from torch; their randomness is seeded explicitly (TurnBatches).
+    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     kwargs: dict[str, Any] = {"batch_size": None, "num_workers": cfg.num_workers, "collate_fn": _as_sent,
-                              "generator": torch.Generator().manual_seed(cfg.seed)}
+                              "generator": torch.Generator().manual_seed(cfg.seed), "pin_memory": pin}
     if cfg.num_workers > 0:
         FORKSERVER.set_forkserver_preload(WORKER_PRELOAD)  # a no-op once the server runs
         # The fork server must outlive a SIGTERM to every process of the job. The resource tracker it
@@ -554,4 +583,4 @@ def build_loader(cfg: DataConfig, split: str, modalities: Modalities, batch_size
             multiprocessing.forkserver.ensure_running()
         kwargs.update(multiprocessing_context=FORKSERVER, prefetch_factor=4, persistent_workers=False,
                       worker_init_fn=init_worker)
-    return TurnLoader(torch.utils.data.DataLoader(dataset, **kwargs)), manifest
+    return TurnLoader(torch.utils.data.DataLoader(dataset, **kwargs), pin=pin, frame_slots=slots), manifest

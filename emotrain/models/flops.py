@@ -89,7 +89,7 @@ class TurnWorkload:
         if "audio" in batch and bool((batch["audio_present"] & utt_mask).any()):
             fields["audio_clips"] = batch["audio"].shape[0] / turns
             fields["audio_seconds"] = float(batch["audio_lengths"].max()) / SAMPLE_RATE
-        if "video" in batch:
+        if "video" in batch or "video_jpeg" in batch:  # decoded frames, or JPEGs left to the device
             fields["video_clips"] = int(batch["video_present"].sum()) / turns
         return cls(**fields)
 
@@ -270,7 +270,24 @@ def training_flops_per_turn(model_cfg: ModelConfig, workload: TurnWorkload | Non
     return TurnFlops(tuple(encoders))
 
 
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity; FP32 accumulation, what bf16 training uses) from the
+# vendors' data sheets, matched against ``torch.cuda.get_device_name()`` in this order (first match wins).
+# MFU (benchmarks/gpu_throughput.py) = achieved training FLOP/s (the counts above) / this peak.
+BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("GH200", 989.0), ("A100", 312.0),
+    ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0), ("RTX 3060", 25.0),
+)  # other GPUs: benchmarks/gpu_throughput.py --peak-tflops
+
+
+def bf16_peak_flops(device_name: str) -> float | None:
+    """The dense bf16 peak (FLOP/s) of a GPU named ``device_name``, or None when it is not in the table."""
+    for fragment, tflops in BF16_PEAK_TFLOPS:
+        if fragment.lower() in device_name.lower():
+            return tflops * 1e12
+    return None
+
+
 __all__ = [
-    "EncoderFlops", "TurnFlops", "TurnWorkload", "bert_forward_flops", "timesformer_forward_flops",
-    "training_flops_per_turn", "wav2vec2_forward_flops",
+    "BF16_PEAK_TFLOPS", "EncoderFlops", "TurnFlops", "TurnWorkload", "bert_forward_flops", "bf16_peak_flops",
+    "timesformer_forward_flops", "training_flops_per_turn", "wav2vec2_forward_flops",
 ]

@@ -37,6 +37,6 @@ def model_inputs(batch: Mapping[str, Any], device: torch.device, float_dtype: to
             continue
         if isinstance(value, torch.Tensor):
             dtype = float_dtype if float_dtype is not None and value.is_floating_point() else None
-            value = value.to(device=device, dtype=dtype, non_blocking=True)
+            value = value.to(device=device, dtype=dtype, non_blocking=device.type == "cuda")  # from pinned memory
         moved[key] = value
     return moved

@@ -342,9 +342,14 @@ def init_distributed(env: DistEnv) -> torch.device:
     return device
 
 
-def sum_over_ranks(values: Sequence[float], device: torch.device) -> list[float]:
-    """Sum a few per-rank numbers over all ranks in one collective (identity when alone)."""
-    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+def sum_over_ranks(values: Sequence[float] | torch.Tensor, device: torch.device) -> list[float]:
+    """Sum a few per-rank numbers over all ranks in one collective (identity when alone); one host read.
+
+    ``values`` may be a 1-D tensor already on ``device`` (numbers the host has not read yet)."""
+    if isinstance(values, torch.Tensor):
+        tensor = values.to(device=device, dtype=torch.float64)
+    else:
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(tensor)
     return tensor.tolist()

@@ -9,7 +9,10 @@ Stopping: the run ends when ``cfg.total_steps`` optimizer steps are done (``comp
 ``cfg.early_stopping`` says validation stopped improving (``completed``, ``early_stopped`` set), when
 the caller's ``on_validation`` hook asks to stop after a validation (``completed``, ``hook_stopped`` set), when
 SIGTERM or SIGUSR1 reached any rank (``preempted``: all ranks agree at the next step, save, and
-return), or after ``cfg.max_consecutive_nonfinite`` non-finite losses in a row (``nonfinite``).
+return), or after ``cfg.max_consecutive_nonfinite`` optimizer steps in a row skipped for a non-finite
+loss (``nonfinite``). A step with a non-finite loss on any rank is skipped on every rank; the ranks
+agree on that, on stopping and on the logged loss in one all-reduce per optimizer step
+(:mod:`emotrain.training.step_sync`): no micro-batch makes the host wait for the device.
 A checkpoint is written in every case. :data:`EXIT_CODES` is what ``launch/train.py`` should exit
 with: 0 for completed and preempted (a requeued job resumes from the checkpoint), 3 for nonfinite.
 The stop reasons are the words of the run's ``status.json`` (:mod:`emotrain.training.rundir`).
@@ -32,7 +35,6 @@ from emotrain.training.distributed import (
     broadcast_from_main,
     init_distributed,
     read_accelerate_settings,
-    sum_over_ranks,
 )
 from emotrain.training.deepspeed_config import TrainConfig, deepspeed_config
 from emotrain.models.inputs import model_inputs
@@ -44,6 +46,7 @@ from emotrain.signals import StopRequest
 from emotrain.training.rng import seed_all
 from emotrain.training.runlog import RunLog, write_run_metadata
 from emotrain.errors import UserError
+from emotrain.training.step_sync import StepAccumulator, StepSkip
 
 RUN_GONE = "run folder removed"  # a stop reason only inside fit: it raises a UserError
 
@@ -123,12 +126,13 @@ def _due(step: int, every: int, total_steps: int) -> bool:
 
 def _forward_loss(engine, loss_fn: LossFn, batch: Mapping[str, Any], device: torch.device, float_dtype: torch.dtype) -> torch.Tensor:
     """fp32 loss of one micro-batch."""
-    return loss_fn(engine(model_inputs(batch, device, float_dtype)).float(), batch["labels"].to(device))
+    labels = batch["labels"].to(device, non_blocking=device.type == "cuda")
+    return loss_fn(engine(model_inputs(batch, device, float_dtype)).float(), labels)
 
 
 def _log_scalars(engine, optimizer, window: _Window, cfg: TrainConfig, state: ResumeState,
-                 data_stats: Callable[[], Mapping[str, int]] | None, device: torch.device) -> dict[str, float]:
-    """Collective when ``data_stats`` is given (loader counters are summed over ranks)."""
+                 data_stats: Mapping[str, float]) -> dict[str, float]:
+    """``data_stats``: the loader counters, already summed over ranks (by the step's all-reduce)."""
     values = window.report(cfg.global_batch_size)
     for group in optimizer.param_groups:
         if group["name"] in ("head", "encoder"):
@@ -137,9 +141,7 @@ def _log_scalars(engine, optimizer, window: _Window, cfg: TrainConfig, state: Re
     if grad_norm is not None:
         values["train/grad_norm"] = float(grad_norm)
     values["train/nonfinite_steps"] = float(state.nonfinite)
-    if data_stats is not None:
-        stats = dict(sorted(data_stats().items()))
-        values.update({f"train/{k}": v for k, v in zip(stats, sum_over_ranks(list(stats.values()), device))})
+    values.update({f"train/{k}": v for k, v in sorted(data_stats.items())})
     return values
 
 
@@ -206,6 +208,7 @@ def fit(
     device = init_distributed(env)
     seed_all(cfg.seed, env.rank)
     engine, optimizer, ds_config = build_engine(model, cfg, env)
+    skipper = StepSkip(engine, optimizer)
     accumulation = ds_config["gradient_accumulation_steps"]
     float_dtype = torch.bfloat16 if ds_config["bf16"]["enabled"] else torch.float32
     state = checkpoint.resume(engine, run_dir, env)
@@ -221,7 +224,7 @@ def fit(
         log.message(f"train: resumed from step {state.step} ({result.checkpoint})")
     batches = iter(batches_from(state))
     folder_id = _folder_id(run_dir)
-    window, consecutive_bad, micro_in_step, step_loss = _Window(), 0, 0, 0.0
+    window, consecutive_bad, micro_in_step, pending = _Window(), 0, 0, StepAccumulator(device)
     engine.train()
 
     with StopRequest() as stop:
@@ -231,37 +234,43 @@ def fit(
             window.data_wait += time.perf_counter() - tick
             state.micro_batches += 1
             loss = _forward_loss(engine, loss_fn, batch, device, float_dtype)
-            finite = bool(torch.isfinite(loss))
-            # One collective per micro-batch: ranks agree on skipping (keeps DeepSpeed's counters in step) and stopping.
-            # The run folder is looked at too: deleted under a running job, every rank stops at once (a rank
-            # left writing into a missing folder would fail while the others wait for it in a collective).
-            loss_sum, bad_ranks, stop_votes, gone = sum_over_ranks(
-                [loss.item() if finite else 0.0, not finite, stop.requested, not same_folder(run_dir, folder_id)], device)
-            if gone:
+            pending.add(loss)  # on the device: no host read per micro-batch
+            engine.backward(loss)  # DeepSpeed scales by 1/accumulation itself: the loss is not divided again
+            micro_in_step += 1
+            if micro_in_step < accumulation:
+                engine.step()  # not a boundary: only DeepSpeed's micro-step counter moves
+                continue
+            # The step's one sync: ranks agree on skipping (a non-finite loss anywhere), stopping, the loss,
+            # and on a logging step the loader counters. The run folder is looked at too: deleted under a
+            # running job, every rank stops at once (a rank left writing into a missing folder would fail
+            # while the others wait for it in a collective).
+            logging = _due(state.step + 1, cfg.log_every_steps, cfg.total_steps)
+            verdict = pending.agree(stop.requested, accumulation, env.world_size,
+                                    data_stats() if logging and data_stats is not None else None,
+                                    folder_gone=not same_folder(run_dir, folder_id))
+            micro_in_step = 0
+            if verdict.gone_votes:
                 result.stop_reason = RUN_GONE
                 break
-            if bad_ranks:
+            skipper.skip = verdict.bad_ranks > 0
+            engine.step()  # the optimizer step; a no-op for the optimizer and schedule when skipped
+            skipper.skip = False
+            if verdict.bad_ranks:
                 state.nonfinite += 1
                 consecutive_bad += 1
-                log.message(f"step {state.step + 1}: non-finite loss on {int(bad_ranks)} rank(s), micro-batch skipped")
+                log.message(f"step {state.step + 1}: non-finite loss on {verdict.bad_ranks} rank(s), optimizer step skipped")
                 if consecutive_bad >= cfg.max_consecutive_nonfinite:
                     result.stop_reason = NONFINITE
                     break
                 continue
             consecutive_bad = 0
-            engine.backward(loss)  # DeepSpeed scales by 1/accumulation itself: the loss is not divided again
-            engine.step()  # an optimizer step only at the accumulation boundary
-            step_loss += loss_sum / env.world_size / accumulation
-            micro_in_step += 1
-            if micro_in_step < accumulation:
-                continue
+            step_loss = verdict.loss
             state.step += 1
             window.add_step(step_loss)
             result.losses.append((state.step, step_loss))
             log.advance(step_loss)
-            micro_in_step, step_loss = 0, 0.0
-            if _due(state.step, cfg.log_every_steps, cfg.total_steps):  # every rank: data stats are summed over ranks
-                log.scalars(state.step, _log_scalars(engine, optimizer, window, cfg, state, data_stats, device))
+            if logging:  # every rank: the data stats were summed over ranks by the step's all-reduce
+                log.scalars(state.step, _log_scalars(engine, optimizer, window, cfg, state, verdict.stats))
                 window = _Window()
             is_best = stop_early = hooked = False
             if evaluate_fn is not None and _due(state.step, cfg.eval_every_steps, cfg.total_steps):
@@ -283,7 +292,7 @@ def fit(
                 result.hook_stopped = True
                 log.message(f"stopped at step {state.step} by the validation hook")
                 break
-            if stop_votes and state.step < cfg.total_steps:
+            if verdict.stop_votes and state.step < cfg.total_steps:
                 result.stop_reason = PREEMPTED
                 break
         if saved_step != state.step and result.stop_reason != RUN_GONE:  # still inside: a second SIGTERM must not kill the final save
