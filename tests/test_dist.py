@@ -132,6 +132,8 @@ def test_forget_torch_ranks_lets_slurm_number_the_ranks() -> None:
     """Stray torch variables in a submitting shell would make every SLURM task rank 0."""
     environ = {**SRUN, "SLURM_PROCID": "1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_PORT": "29500"}
     assert dist.read_env(environ, scontrol=no_scontrol).world_size == 1
-    assert sorted(dist.forget_torch_ranks(environ)) == ["LOCAL_RANK", "RANK", "WORLD_SIZE"]
+    assert sorted(dist.forget_torch_ranks(environ)) == ["LOCAL_RANK", "MASTER_PORT", "RANK", "WORLD_SIZE"]
     env = dist.read_env(environ, scontrol=fake_scontrol)
-    assert (env.rank, env.world_size, env.launcher, env.master_port) == (1, 6, dist.SLURM, 29500)
+    # the job's own port (from its id), not the submitter's: two array tasks on one node must not share one
+    assert (env.rank, env.world_size, env.launcher) == (1, 6, dist.SLURM)
+    assert env.master_port == dist.SLURM_PORT_BASE + 4711 % dist.SLURM_PORT_SPAN != 29500

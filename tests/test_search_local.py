@@ -19,6 +19,8 @@ import pytest
 import yaml
 from helpers import BIN, REPO, child_env, study_trials
 
+from emotrain.evaluation.report_file import EvalReport
+
 pytestmark = pytest.mark.slow
 STEPS, EVERY, TRIALS = 6, 2, 8
 
@@ -91,7 +93,7 @@ def test_local_search_prunes_resumes_a_killed_trial_and_reruns_nothing(split_sha
         else:
             assert status["status"] == "completed" and run["step"] == STEPS, (status, run)
             assert t["reported"] == list(range(EVERY, STEPS + 1, EVERY))
-            assert t["value"] == read(pdir / "run" / "eval" / "val" / "report.json")["splits"]["val"]["nll"]
+            assert t["value"] == EvalReport.load(pdir / "run" / "eval" / "val" / "report.json").metric("val", "nll")
 
     report = out / "report"
     markdown = (report / "search.md").read_text()

@@ -128,7 +128,7 @@ def _run_media(args: argparse.Namespace, staging: Path) -> None:
     limits = MediaLimits(max_bytes=int(args.max_media_mb * 2**20), max_seconds=args.max_minutes * 60.0)
     result = predictor.predict_media(args.media, audio=args.audio, transcript=args.transcript, asr=args.asr,
                                      speaker=args.speaker, explain=args.explain, limits=limits)
-    MediaOutput(staging).write(result, with_csv=args.csv, plot=not args.no_plot)
+    MediaOutput(staging).write_media(result, with_csv=args.csv, plot=not args.no_plot)
     for note in result.notes:
         print(f"note: {note}")
     print(result.line())

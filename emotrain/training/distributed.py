@@ -39,6 +39,8 @@ _INIT_TIMEOUT = datetime.timedelta(minutes=10)
 
 # Set per process by torchrun-like launchers; they win over SLURM's variables in read_env.
 PER_PROCESS_TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE")
+# A launch's rendezvous: a submitted job finds its own (the job id gives the port), never its submitter's.
+RENDEZVOUS_VARS = ("MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -271,13 +273,16 @@ def strip_launcher_args(argv: Sequence[str]) -> list[str]:
 
 
 def forget_torch_ranks(environ: dict[str, str] | None = None) -> list[str]:
-    """Drop the per-process torch variables a submitting shell may carry; return the names dropped.
+    """Drop the per-process torch variables and the rendezvous a submitting shell may carry; return the names
+    dropped.
 
     A job submitted from inside torchrun (or after an in-process run exported them) would give every
-    SLURM task the same rank, since those variables win over SLURM's (see :func:`read_env`).
+    SLURM task the same rank, since those variables win over SLURM's (see :func:`read_env`); and every job
+    or array task submitted from it the same rendezvous port, so two array tasks on one node collide
+    ("Address already in use").
     """
     environ = os.environ if environ is None else environ
-    return [name for name in PER_PROCESS_TORCH_VARS if environ.pop(name, None) is not None]
+    return [name for name in (*PER_PROCESS_TORCH_VARS, *RENDEZVOUS_VARS) if environ.pop(name, None) is not None]
 
 
 def export_torch_env(env: DistEnv) -> None:

@@ -21,23 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emotrain.files import write_atomic
+from emotrain.inference.outputs import PredictOutput
 from emotrain.inference.media.run import MediaPrediction, MediaTurn
 from emotrain.inference.media.transcript import format_time
 
 
 @dataclass(frozen=True)
-class MediaOutput:
-    """The output folder of one ``predict --media`` run."""
-
-    root: Path
-
-    @property
-    def jsonl(self) -> Path:
-        return self.root / "predictions.jsonl"
-
-    @property
-    def csv(self) -> Path:
-        return self.root / "predictions.csv"
+class MediaOutput(PredictOutput):
+    """The output folder of one ``predict --media`` run: ``predict``'s files, plus the annotated subtitles and the
+    timeline."""
 
     @property
     def srt(self) -> Path:
@@ -51,11 +43,7 @@ class MediaOutput:
     def timeline(self) -> Path:
         return self.root / "timeline.png"
 
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    def write(self, result: MediaPrediction, with_csv: bool = False, plot: bool = True) -> None:
+    def write_media(self, result: MediaPrediction, with_csv: bool = False, plot: bool = True) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         write_atomic(self.jsonl, "".join(json.dumps(t.row(result.classes), ensure_ascii=False) + "\n"
                                          for t in result.turns))
