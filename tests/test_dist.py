@@ -137,3 +137,14 @@ def test_forget_torch_ranks_lets_slurm_number_the_ranks() -> None:
     # the job's own port (from its id), not the submitter's: two array tasks on one node must not share one
     assert (env.rank, env.world_size, env.launcher) == (1, 6, dist.SLURM)
     assert env.master_port == dist.SLURM_PORT_BASE + 4711 % dist.SLURM_PORT_SPAN != 29500
+
+
+def test_the_sbatch_script_forgets_what_the_submitter_forgets() -> None:
+    """slurm/train.sbatch drops the same stray variables as a submitit submission (a submitter's MASTER_PORT,
+    maybe still bound by its own process, made every sbatch job fail with "Address already in use")."""
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parents[1] / "slurm" / "train.sbatch").read_text()
+    unset = next(line for line in script.splitlines() if line.startswith("unset "))
+    names = set(unset.split("#")[0].split()[1:])
+    assert names == {*dist.PER_PROCESS_TORCH_VARS, *dist.RENDEZVOUS_VARS}
