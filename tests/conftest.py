@@ -11,13 +11,25 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
+from emotrain.training.distributed import PER_PROCESS_TORCH_VARS, RENDEZVOUS_VARS  # noqa: E402
 from corpus import ALL_IN_TRAIN, make_corpus, make_shards  # noqa: E402
+
+
+# The rank and rendezvous variables the pytest process itself was started with (normally none).
+_TORCH_VARS_AT_START = {name for name in (*PER_PROCESS_TORCH_VARS, *RENDEZVOUS_VARS) if name in os.environ}
 
 
 @pytest.fixture(autouse=True)
 def restore_environ():
     """Undo what a test wrote to os.environ: an in-process run exports RANK, WORLD_SIZE, MASTER_PORT,
-    and a later test's subprocesses (sbatch, torchrun) would inherit them."""
+    and a later test's subprocesses (sbatch, torchrun) would inherit them.
+
+    A module- or session-scoped fixture's in-process run writes them before this snapshot is taken, so
+    the rank and rendezvous variables are dropped first: a later sbatch job would otherwise bind the
+    port the pytest process still holds ("Address already in use")."""
+    for name in (*PER_PROCESS_TORCH_VARS, *RENDEZVOUS_VARS):
+        if name not in _TORCH_VARS_AT_START:
+            os.environ.pop(name, None)
     saved = dict(os.environ)
     yield
     os.environ.clear()
