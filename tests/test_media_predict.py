@@ -34,9 +34,11 @@ from tiny_trained import train_model_a
 
 # Lossless joins (H.264 at qp 0 of the clips' own YUV pictures, PCM audio): the model sees the same pixels and
 # samples, so the probabilities agree to float rounding. Lossy joins (H.264 crf 23, AAC 128 kb/s) differ by
-# what re-encoding changes: measured up to 0.038 (the stacked fusion of a 128 kb/s AAC voice) on these clips,
-# the labels the same.
-EXACT, LOSSY = 1e-6, 5e-2
+# what re-encoding changes, the labels the same. x264's crf output is not the same run to run in a process that
+# has done other work (same input pixels, one encoder thread or not; the first join of a process is stable), so
+# the bound covers the spread measured over repeated runs: 0.034 to 0.053 (the stacked fusion's largest
+# difference; one CI run failed at 0.052 against the 0.05 once set from a single run).
+EXACT, LOSSY = 1e-6, 8e-2
 # The explanation's influence (occlusion): the turn's own utterance's minus the mean of its history utterances,
 # over 4 held-out conversations, for the demo's tiny model A trained INFLUENCE_STEPS steps (lr 2e-3) on a
 # 30-conversation corpus's train split, and the same model untrained: measured +0.0121 and +0.0008 (attention
