@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -155,7 +154,9 @@ def test_time_limit_without_signal_requeues_from_that_step_and_scancel_stops_wit
     resumed = re.search(r"train: resumed from step (\d+)", job.stdout_path.read_text())
     assert first and resumed and resumed.group(1) == first.group(1), job.stdout_path.read_text()
     assert "DUE TO TIME LIMIT" in job.stderr_path.read_text()
-    time.sleep(3)
+    # The resumed run is stepping (not still starting up, when a signal has no step to checkpoint at yet)
+    after_resume = lambda: job.stdout_path.read_text().split("train: resumed from step", 1)[1]  # noqa: E731
+    poll_until(lambda: re.search(r"\btrain: \d+/", after_resume()) is not None, 180, "a step of the resumed run")
     slurm("scancel", str(job.job_id))
     result = wait_job(job, timeout=120)
     assert result.state == "CANCELLED" and result.restarts == 1, result.describe()
