@@ -38,13 +38,14 @@ def stand_in(monkeypatch):
 
     ran = []
 
-    def fake_run_point(cfg, point, pdir, nproc):
+    def fake_run_point(cfg, point, pdir, steps):
         ran.append(point.name)
         for model in cfg.models:
             for split in SPLITS:
                 report = pdir.run(model).eval_report(split)
                 report.parent.mkdir(parents=True, exist_ok=True)
                 report.write_text(json.dumps({"splits": {split: {m: 0.5 for m in METRICS}}}))
+        return True
 
     monkeypatch.setattr(runner, "run_point", fake_run_point)
     return ran
@@ -92,3 +93,45 @@ def test_a_failed_step_records_the_childs_own_reason(tmp_path):
     with pytest.raises(UserError) as err:
         workflow.train("demo/audio_text", tmp_path / "run", [f"data.shards={tmp_path / 'nowhere'}"], 1)
     assert "no manifest at" in str(err.value) and str(err.value).startswith("step failed (exit 2): emotrain train: error:")
+
+
+def test_a_training_stopped_by_a_signal_ends_the_pass_and_the_next_run_resumes_that_point(tmp_path, monkeypatch):
+    """One rank: the steps run in the sweep's process, so a SIGTERM reaches the training, which checkpoints and
+    reports ``preempted`` (``train`` returns False). The pass stops there with exit 1, the point still marked
+    running and no later point started; the same command then does that point and the rest."""
+    from emotrain.sweep import runner
+
+    calls: list[tuple[str, str]] = []
+
+    class Steps:
+        def __init__(self, stop_first: bool) -> None:
+            self.stop_first = stop_first
+
+        def train(self, config, run_dir, overrides, prune):
+            calls.append(("train", run_dir.parent.name))
+            if self.stop_first:
+                self.stop_first = False
+                return False
+            return True
+
+        def evaluate(self, run_dirs):
+            calls.append(("evaluate", run_dirs[0].parent.name))
+            for run_dir in run_dirs:
+                for split in SPLITS:
+                    report = run_dir / "eval" / split / "report.json"
+                    report.parent.mkdir(parents=True, exist_ok=True)
+                    report.write_text(json.dumps({"splits": {split: {m: 0.5 for m in METRICS}}}))
+
+    file, out = write_sweep(tmp_path, processes=1), tmp_path / "out"
+    monkeypatch.setattr(runner, "local_steps", lambda nproc: Steps(stop_first=True))
+    assert main(["sweep", "run", str(file), "--out", str(out)]) == 1
+    assert calls == [("train", "seed0")]  # the first point's training stopped; nothing after it ran
+    first = out / "points" / "total_samples=16" / "seed0" / "point.json"
+    assert json.loads(first.read_text())["status"] == "running"
+    assert not (out / "points" / "total_samples=32").exists()
+
+    calls.clear()
+    monkeypatch.setattr(runner, "local_steps", lambda nproc: Steps(stop_first=False))
+    assert main(["sweep", "run", str(file), "--out", str(out)]) == 0
+    assert [c[0] for c in calls] == ["train", "evaluate", "train", "evaluate"]
+    assert json.loads(first.read_text())["status"] == "completed"

@@ -1,5 +1,5 @@
 """`emotrain sweep run` here, end to end, as a user runs it: 2 settings x 2 seeds of model B's tiny config
-(one CPU process each), plus a setting that fails at run time (its shards are missing; a bad key would be
+(one rank: every step in the sweep's own process), plus a setting that fails at run time (its shards are missing; a bad key would be
 refused before any point runs). The first run is killed (SIGKILL to the whole process
 group) in the middle of the last point's training; a re-run skips the completed points, resumes that
 one from its checkpoint and completes it; a third run does nothing. The failing setting is reported
@@ -72,8 +72,7 @@ def test_sweep_runs_skips_completed_points_and_resumes_the_killed_one(split_shar
         assert read(pdir / "point.json")["status"] == "completed", output[-4000:]
     for seed in (0, 1):  # the failing setting: reported, and the sweep went on
         status = read(point(out, "broken", seed) / "point.json")
-        assert status["status"] == "failed" and "step failed" in status["error"]
-        assert "emotrain train: error: no manifest at" in status["error"]  # the child's own line, not its command
+        assert status["status"] == "failed" and status["error"].startswith("no manifest at"), status  # one line
     assert "point broken/seed0 FAILED" in output
     assert read(killed / "point.json")["status"] == "running"  # started (its configs recorded), never ended
     before = {p: ((p / "point.json").stat().st_mtime_ns, (p / "run" / "status.json").stat().st_mtime_ns) for p in done}

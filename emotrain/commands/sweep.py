@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         say(f"{len(outcome.completed)} completed, {len(outcome.skipped)} skipped (done before), "
             f"{len(outcome.failed)} failed{': ' + ', '.join(outcome.failed) if outcome.failed else ''}")
         failed = outcome.failed
+        if outcome.interrupted:
+            return 1
     from emotrain.sweep.summary import summarise
 
     if summarise(cfg, sweep).chosen is not None:

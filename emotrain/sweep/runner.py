@@ -17,6 +17,7 @@ from emotrain.recipes import workflow
 from emotrain.config import ConfigError
 from emotrain.sweep.layout import COMPLETED, FAILED, RUNNING, PointDir, PointStatus, SweepDir
 from emotrain.sweep.plan import plan
+from emotrain.sweep.steps import PointSteps, local_steps
 from emotrain.sweep.spec import Point, SweepConfig, expand_points, fusion_overrides, model_overrides
 
 log = get_logger(__name__)
@@ -33,6 +34,7 @@ class SweepOutcome:
     skipped: list[str]
     completed: list[str]
     failed: list[str]
+    interrupted: str | None = None  # the point whose training stopped on a signal (checkpointed): the pass ended there
 
 
 def fuse_point(cfg: SweepConfig, point: Point, pdir: PointDir) -> None:
@@ -43,17 +45,20 @@ def fuse_point(cfg: SweepConfig, point: Point, pdir: PointDir) -> None:
                   fusion_overrides(cfg, point))
 
 
-def run_point(cfg: SweepConfig, point: Point, pdir: PointDir, nproc: int) -> None:
-    """Train, evaluate and fuse one point on ``nproc`` local ranks; raises ConfigError (one line) on failure."""
+def run_point(cfg: SweepConfig, point: Point, pdir: PointDir, steps: PointSteps) -> bool:
+    """Train, evaluate and fuse one point; raises ConfigError (one line) on failure; False when a training stopped
+    on a signal (its checkpoint written: the next run of the sweep resumes it)."""
     runs = [pdir.run(model).root for model in cfg.models]
     for model, run_dir in zip(cfg.models, runs):
         say(f"{point.name}: train {model}")
-        workflow.train(cfg.train_config_of(model), run_dir, model_overrides(cfg, point, model), nproc)
+        if not steps.train(cfg.train_config_of(model), run_dir, model_overrides(cfg, point, model), prune=False):
+            return False
     say(f"{point.name}: evaluate on val and test")
-    workflow.evaluate(runs, nproc)
+    steps.evaluate(runs)
     if cfg.pair is not None:
         say(f"{point.name}: fuse")
     fuse_point(cfg, point, pdir)
+    return True
 
 
 def run_local(cfg: SweepConfig, sweep: SweepDir) -> SweepOutcome:
@@ -63,6 +68,7 @@ def run_local(cfg: SweepConfig, sweep: SweepDir) -> SweepOutcome:
     log_to_folder(sweep.root)
     points = expand_points(cfg)
     nproc = workflow.local_ranks(cfg.processes)
+    steps = local_steps(nproc)
     outcome = SweepOutcome([], [], [])
     for index, point in enumerate(points, 1):
         pdir = sweep.point(point, cfg.models)
@@ -75,13 +81,17 @@ def run_local(cfg: SweepConfig, sweep: SweepDir) -> SweepOutcome:
         pdir.write_status(PointStatus(RUNNING, 0.0, None, recorded["config"], recorded["data"]))
         start = time.perf_counter()
         try:
-            run_point(cfg, point, pdir, nproc)
+            finished = run_point(cfg, point, pdir, steps)
         except ConfigError as err:  # UserError included: a failed step, a bad override
             pdir.write_status(PointStatus(FAILED, time.perf_counter() - start, str(err), recorded["config"],
                                           recorded["data"]))
             say(f"point {point.name} FAILED: {err}")
             outcome.failed.append(point.name)
             continue
+        if not finished:  # still ``running`` in point.json: the next run skips nothing of it and resumes its training
+            say(f"point {point.name}: interrupted; run the same command again to resume it")
+            outcome.interrupted = point.name
+            break
         pdir.write_status(PointStatus(COMPLETED, time.perf_counter() - start, None, recorded["config"], recorded["data"]))
         say(f"point {point.name}: completed in {time.perf_counter() - start:.0f} s")
         outcome.completed.append(point.name)

@@ -26,7 +26,8 @@ from emotrain.log import get_logger
 from emotrain.sweep.layout import SweepDir
 from emotrain.sweep.spec import SweepConfig
 from emotrain.sweep.study import WAIT, Claim, Lease, claim_next, kept_lease, open_study, trial_dir
-from emotrain.sweep.trials import InProcessSteps, record_end, timed_trial
+from emotrain.sweep.steps import InProcessSteps
+from emotrain.sweep.trials import record_end, timed_trial
 
 log = get_logger(__name__)
 

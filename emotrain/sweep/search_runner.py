@@ -13,7 +13,6 @@ and the existing sweep machinery (local or job array) runs the rest.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 
@@ -23,8 +22,8 @@ from emotrain.sweep.layout import SweepDir
 from emotrain.sweep.runner import say
 from emotrain.sweep.spec import NamedSetting, SweepConfig
 from emotrain.sweep.study import WAIT, Lease, claim_next, kept_lease, open_study, trial_dir, trial_name
-from emotrain.sweep.trials import InProcessSteps, LocalSteps, record_end, timed_trial
-from emotrain.training.distributed import free_port
+from emotrain.sweep.steps import local_steps
+from emotrain.sweep.trials import record_end, timed_trial
 
 CONFIRM_FILE = "confirm.yaml"
 SELECTABLE = ("accuracy", "macro_f1", "weighted_f1")  # what the sweep summary can choose by
@@ -42,8 +41,7 @@ def run_search_local(cfg: SweepConfig, sweep: SweepDir) -> SearchOutcome:
     sweep.write_config(cfg)
     study = open_study(cfg, sweep)
     nproc = workflow.local_ranks(cfg.processes)
-    # One rank: every trial in this process (start-up is most of a small trial on a CPU); else torchrun.
-    steps = InProcessSteps(dict(os.environ), free_port(), requeue=False) if nproc == 1 else LocalSteps(nproc)
+    steps = local_steps(nproc)
     me, outcome = Lease.mine(), SearchOutcome()
     while True:
         claim = claim_next(study, cfg, sweep, me)

@@ -1,107 +1,24 @@
 """One trial of a search, run as a sweep point: train (the pruned-on model with the pruning hook), then,
 unless pruned, evaluate on val and test and fuse a pair; what ended it goes to the study and ``point.json``.
 
-The steps themselves are the caller's: subprocesses on this machine (:class:`LocalSteps`, as every local
-sweep point) or in-process on every rank of a SLURM array task (:mod:`emotrain.sweep.search_array`).
+The steps themselves are the caller's (:mod:`emotrain.sweep.steps`): on this machine, or in-process on every
+rank of a SLURM array task (:mod:`emotrain.sweep.search_array`).
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 from emotrain.errors import UserError
 from emotrain.evaluation.report_file import EvalReport
 from emotrain.fusion.fusion_file import FusionSummary
-from emotrain.names import EVAL_SPLITS, VAL
-from emotrain.recipes import workflow
+from emotrain.names import VAL
 from emotrain.sweep.layout import COMPLETED, FAILED, PRUNED, PointDir, PointStatus, SweepDir
 from emotrain.sweep.runner import fuse_point
 from emotrain.sweep.spec import SweepConfig, model_overrides
+from emotrain.sweep.steps import PointSteps
 from emotrain.sweep.study import LEASE_FILE, Claim, read_pruned, trial_point
-from emotrain.training.hooks import HOOK_ENV
-
-
-class TrialSteps(Protocol):
-    def train(self, config: str, run_dir: Path, overrides: list[str], prune: bool) -> bool:
-        """Train (or resume) one run, with the pruning hook when ``prune``; False when preempted."""
-
-    def evaluate(self, run_dirs: list[Path]) -> None:
-        """Every run on val and test."""
-
-
-@contextmanager
-def hook_env(prune: bool) -> Iterator[None]:
-    """``EMOTRAIN_VALIDATION_HOOK`` set for the body when ``prune`` (a training launched inside inherits it)."""
-    from emotrain.sweep.pruning import HOOK_SPEC
-
-    saved = os.environ.pop(HOOK_ENV, None)
-    if prune:
-        os.environ[HOOK_ENV] = HOOK_SPEC
-    try:
-        yield
-    finally:
-        os.environ.pop(HOOK_ENV, None)
-        if saved is not None:
-            os.environ[HOOK_ENV] = saved
-
-
-@dataclass
-class LocalSteps:
-    """The steps on this machine's ranks (subprocesses), as :func:`emotrain.sweep.runner.run_point` runs them."""
-
-    nproc: int
-
-    def train(self, config: str, run_dir: Path, overrides: list[str], prune: bool) -> bool:
-        with hook_env(prune):
-            workflow.train(config, run_dir, overrides, self.nproc)
-        return True
-
-    def evaluate(self, run_dirs: list[Path]) -> None:
-        workflow.evaluate(run_dirs, self.nproc)
-
-
-class InProcessSteps:
-    """A trial's steps in this process (every rank of an array task, or the one local process): no interpreter
-    and library start-up per step; each stage rendezvous on a port of its own (see PointJob)."""
-
-    def __init__(self, start_env: dict[str, str], base_port: int, requeue: bool) -> None:
-        self.start_env, self.base_port, self.stage = start_env, base_port, 0
-        self.requeue = requeue  # under submitit: a preempted training hands its signal back (a requeue)
-
-    def _next_stage(self) -> None:
-        from emotrain.sweep.array import _stage_env
-
-        _stage_env(self.start_env, self.base_port, self.stage)
-        self.stage += 1
-
-    def train(self, config: str, run_dir: Path, overrides: list[str], prune: bool) -> bool:
-        from emotrain.recipes.jobs import TrainRequest, train_in_process
-        from emotrain.training.rundir import PREEMPTED, RunDir
-
-        self._next_stage()
-        with hook_env(prune):
-            code = train_in_process(TrainRequest(config, run_dir, overrides))
-        status = RunDir(run_dir).read_status()
-        if code != 0 or status is None:
-            raise UserError(f"training of {run_dir} failed (exit {code})")
-        if status.status == PREEMPTED:
-            if self.requeue:  # submitit's handler requeues the task; rank 0 does not return from it
-                signal.raise_signal(signal.SIGUSR2)
-            return False
-        return True
-
-    def evaluate(self, run_dirs: list[Path]) -> None:
-        from emotrain.recipes.evaluate import EvalRequest, evaluate_runs
-
-        self._next_stage()
-        evaluate_runs(EvalRequest(list(run_dirs), list(EVAL_SPLITS), progress=False))
 
 
 @dataclass
@@ -132,7 +49,7 @@ def objective_value(cfg: SweepConfig, pdir: PointDir) -> float:
     return float(value)
 
 
-def run_trial(cfg: SweepConfig, sweep: SweepDir, claim: Claim, steps: TrialSteps, is_main: bool = True) -> TrialEnd | None:
+def run_trial(cfg: SweepConfig, sweep: SweepDir, claim: Claim, steps: PointSteps, is_main: bool = True) -> TrialEnd | None:
     """The trial's point, resumed where its folder stands; None when a training was preempted. Collective
     when ``steps`` are (every rank calls it); the objective is read on rank 0 only."""
     point = trial_point(cfg, claim.number, claim.params)
@@ -169,7 +86,7 @@ def record_end(study, cfg: SweepConfig, sweep: SweepDir, claim: Claim, end: Tria
     (pdir.root / LEASE_FILE).unlink(missing_ok=True)
 
 
-def timed_trial(cfg: SweepConfig, sweep: SweepDir, claim: Claim, steps: TrialSteps,
+def timed_trial(cfg: SweepConfig, sweep: SweepDir, claim: Claim, steps: PointSteps,
                 is_main: bool = True) -> tuple[TrialEnd | None, float]:
     """:func:`run_trial` with a failure turned into a ``failed`` end (one line), and its wall time."""
     from emotrain.config import ConfigError
