@@ -23,10 +23,10 @@ demo: $(STAMP)
 
 # The `slurm` tests need the local cluster: started here when it is not up (and stopped after).
 # Two workers by default (TEST_WORKERS=0 runs in this process): each module stays on one worker (its fixtures
-# are built once) and the SLURM tests share one; tests/conftest.py says which groups start first.
+# are built once); tests/conftest.py says which modules start first.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	slurm/local/with_cluster.sh $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	slurm/local/with_cluster.sh $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow and not slurm"

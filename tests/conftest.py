@@ -70,34 +70,20 @@ def split_shards(corpus13, tmp_path_factory):
     return out
 
 
-# Parallel runs (``pytest -n 2``, what ``make test`` does): the groups that take minutes start first, so the
-# two workers finish together instead of one starting the demo last. Measured on a fresh clone (seconds, its
-# slowest tests, one worker): the installs 470 (the demo 375, the offline install 95), the SLURM tests 420
-# together, train_runs 250, sweep_local 165, engine_runs 150, search_local 100.
-FIRST = ("installs", "slurm", "test_train_runs", "test_sweep_local", "test_engine_runs", "test_search_local")
-# Modules that ``pip install``/``pip wheel`` this checkout: setuptools builds in its build/ folder, so two at
-# once break each other ("No such file or directory"); one worker runs them one after the other.
-INSTALLS = ("test_demo", "test_offline_install")
-
-
-def _group(item: pytest.Item) -> str:
-    """A test's unit of parallel work: its module (module fixtures are built once), ``slurm`` for every test
-    that submits jobs (the local cluster's two nodes are one resource, and its tests wait on its queue), or
-    ``installs`` (see INSTALLS)."""
-    if item.get_closest_marker("slurm"):
-        return "slurm"
-    return "installs" if item.module.__name__ in INSTALLS else item.module.__name__
+# Parallel runs (``pytest -n 2 --dist loadfile``, what ``make test`` does): each module runs on one worker (its
+# module fixtures are built once), and the modules that take minutes start first, so the two workers finish
+# together instead of one starting the demo last. Measured on a fresh clone (seconds, one worker): the demo
+# 375, the SLURM train tests 260, train_runs 250, slurm_search 60 (230 beside another worker), slurm_sweep 100,
+# offline_install 95, search_local 100, engine_runs 150.
+FIRST = ("test_demo", "test_slurm_train", "test_train_runs", "test_slurm_search", "test_slurm_sweep",
+         "test_offline_install", "test_engine_runs", "test_search_local", "test_sweep_local")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tag each test with its xdist group (``--dist loadgroup`` reads the tag) and put the long groups first
-    (``--no-loadscope-reorder`` keeps this order); a plain run gets the same order."""
+    """Put the long modules first (``--no-loadscope-reorder`` keeps this order); a plain run gets the same."""
     def rank(item: pytest.Item) -> int:
-        group = _group(item)
-        return FIRST.index(group) if group in FIRST else len(FIRST)
+        name = item.module.__name__
+        return FIRST.index(name) if name in FIRST else len(FIRST)
 
-    items.sort(key=rank)  # stable: files keep their order within a rank
-    if config.pluginmanager.hasplugin("xdist"):
-        for item in items:
-            item.add_marker(pytest.mark.xdist_group(_group(item)))
+    items.sort(key=rank)  # stable: the other files keep their order

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,7 +71,12 @@ def venv(tmp_path_factory) -> Path:
     """A fresh venv with ``pip install .`` of this checkout (no extras, the pinned versions)."""
     root = tmp_path_factory.mktemp("venv") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, timeout=300)
-    pip = [str(root / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(REPO / "constraints.txt"), str(REPO)]
+    # From a copy of the checkout's sources: setuptools builds in the source folder's build/, which another
+    # test worker's build of the checkout (tests/test_offline_install.py) would change under this one.
+    source = tmp_path_factory.mktemp("source") / "emotrain"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "runs", "wheels"))
+    pip = [str(root / "bin" / "python"), "-m", "pip", "install", "-q", "-c", str(source / "constraints.txt"), str(source)]
     proc = subprocess.run(pip, env=clean_env(root), cwd=tmp_path_factory.mktemp("pip"), capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
