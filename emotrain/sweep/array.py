@@ -21,20 +21,11 @@ from emotrain.training.rundir import PREEMPTED
 from emotrain.sweep.layout import COMPLETED, FAILED, RUNNING, PointStatus, SweepDir
 from emotrain.sweep.spec import Point, SweepConfig, expand_points, model_overrides
 from emotrain.names import EVAL_SPLITS
+from emotrain.sweep.steps import stage_env
 
 
 def _find(cfg: SweepConfig, name: str) -> Point:
     return next(point for point in expand_points(cfg) if point.name == name)
-
-
-def _stage_env(start: dict[str, str], base_port: int, stage: int) -> None:
-    """Each in-process stage of a point (a training, the evaluation) starts from the environment submitit
-    gave the task (a stage exports RANK, WORLD_SIZE, ... that would make the next one look torchrun-launched)
-    and rendezvous on a port of its own, the same on every rank: the store rank 0 served for the previous
-    stage may still hold its port."""
-    os.environ.clear()
-    os.environ.update(start)
-    os.environ["MASTER_PORT"] = str(1024 + (base_port - 1024 + stage) % (65536 - 1024))
 
 
 class PointJob(submitit.helpers.Checkpointable):
@@ -60,11 +51,11 @@ class PointJob(submitit.helpers.Checkpointable):
         rank = env.rank
         try:
             for stage, model in enumerate(cfg.models):
-                _stage_env(start_env, env.master_port, stage)
+                stage_env(start_env, env.master_port, stage)
                 request = TrainRequest(cfg.train_config_of(model), pdir.run(model).root, model_overrides(cfg, point, model))
                 if train_or_requeue(request).status == PREEMPTED:
                     return PREEMPTED  # rank 0 never gets here: submitit requeued the task and exited
-            _stage_env(start_env, env.master_port, len(cfg.models))
+            stage_env(start_env, env.master_port, len(cfg.models))
             evaluate_runs(EvalRequest([pdir.run(model).root for model in cfg.models], list(EVAL_SPLITS), progress=False))
             if rank == 0:
                 fuse_point(cfg, point, pdir)

@@ -23,6 +23,16 @@ from emotrain.training.distributed import free_port
 from emotrain.training.hooks import HOOK_ENV
 
 
+def stage_env(start: dict[str, str], base_port: int, stage: int) -> None:
+    """Each in-process stage of a point (a training, the evaluation) starts from the environment submitit
+    gave the task (a stage exports RANK, WORLD_SIZE, ... that would make the next one look torchrun-launched)
+    and rendezvous on a port of its own, the same on every rank: the store rank 0 served for the previous
+    stage may still hold its port."""
+    os.environ.clear()
+    os.environ.update(start)
+    os.environ["MASTER_PORT"] = str(1024 + (base_port - 1024 + stage) % (65536 - 1024))
+
+
 class PointSteps(Protocol):
     def train(self, config: str, run_dir: Path, overrides: list[str], prune: bool) -> bool:
         """Train (or resume) one run, with the pruning hook when ``prune``; False when preempted."""
@@ -71,9 +81,7 @@ class InProcessSteps:
         self.requeue = requeue  # under submitit: a preempted training hands its signal back (a requeue)
 
     def _next_stage(self) -> None:
-        from emotrain.sweep.array import _stage_env
-
-        _stage_env(self.start_env, self.base_port, self.stage)
+        stage_env(self.start_env, self.base_port, self.stage)
         self.stage += 1
 
     def train(self, config: str, run_dir: Path, overrides: list[str], prune: bool) -> bool:
