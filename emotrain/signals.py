@@ -110,9 +110,23 @@ def _watch(parent: int) -> None:
     threading.Thread(target=poll, name="emotrain-parent-watch", daemon=True).start()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
 def fork_server_dies_with_parent() -> None:
     """In the loader's fork server (imported with its preload): die with the training process that started it.
     Any other process importing the preload (whose parent is not the one recorded) is left alone."""
     expected = os.environ.get(PARENT_ENV)
-    if expected is not None and expected == str(os.getppid()):
+    if expected is None:
+        return
+    if expected == str(os.getppid()):
         die_with_parent()
+    elif not _alive(int(expected)):  # the training process died while this server was still importing (a busy
+        os._exit(1)                  # machine): it was reparented before it could ask to die with it

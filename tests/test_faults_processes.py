@@ -95,3 +95,15 @@ def test_a_run_folder_removed_during_training_ends_it_with_one_line_and_no_proce
         kill9_tree(proc.pid)
         for pid in alive(helpers):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_fork_server_whose_training_process_died_while_it_started_exits():
+    """Under load the training process can be killed while its fork server still imports the preload: the
+    server was reparented before it asked to die with its parent, and must exit instead of staying behind."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    code = "from emotrain.signals import fork_server_dies_with_parent as f; f(); print('still here')"
+    env = dict(os.environ, EMOTRAIN_LOADER_PARENT=str(gone.pid),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (child.returncode, child.stdout) == (1, ""), (child.returncode, child.stdout, child.stderr[-2000:])
