@@ -22,9 +22,10 @@ demo: $(STAMP)
 	$(BIN)/emotrain demo
 
 # The `slurm` tests need the local cluster: started here when it is not up (and stopped after).
-# Two workers by default (TEST_WORKERS=0 runs in this process): each module stays on one worker (its fixtures
+# One process by default; TEST_WORKERS=2 runs two xdist workers (the SLURM search array test still times out
+# beside a busy worker): each module stays on one worker (its fixtures
 # are built once); tests/conftest.py says which modules start first.
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 0
 test: $(STAMP)
 	slurm/local/with_cluster.sh $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
