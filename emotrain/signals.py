@@ -34,7 +34,9 @@ def ignore_stop_notices(worker_id: int = 0) -> None:
     """
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    die_with_parent()  # ignoring the signals, it must still end with the fork server (and so the trainer)
+    # Ignoring the signals, it must still end with the fork server (and so the trainer). The server is named, not
+    # taken from getppid(): a worker still starting when the trainer and its server died is already reparented.
+    die_with_parent(_fork_server_pid)
 
 
 @contextlib.contextmanager
@@ -86,11 +88,15 @@ class StopRequest:
 
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "EMOTRAIN_LOADER_PARENT"  # the pid whose fork server this is (see stream.build_loader)
+_fork_server_pid: int | None = None  # set in the loader's fork server; its workers inherit it with the fork
 
 
-def die_with_parent() -> None:
-    """Be killed (SIGKILL) as soon as the parent process exits; exit now if it already has."""
-    parent = os.getppid()
+def die_with_parent(parent: int | None = None) -> None:
+    """Be killed (SIGKILL) as soon as the parent process exits; exit now if it already has.
+
+    ``parent`` is the process this one was started by (default: the current parent). Given, it also catches
+    a parent that died before this call: the process is then someone else's child, and exits."""
+    parent = os.getppid() if parent is None else parent
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
@@ -127,6 +133,8 @@ def fork_server_dies_with_parent() -> None:
     if expected is None:
         return
     if expected == str(os.getppid()):
+        global _fork_server_pid
+        _fork_server_pid = os.getpid()
         die_with_parent()
     elif not _alive(int(expected)):  # the training process died while this server was still importing (a busy
         os._exit(1)                  # machine): it was reparented before it could ask to die with it

@@ -107,3 +107,26 @@ def test_a_fork_server_whose_training_process_died_while_it_started_exits():
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert (child.returncode, child.stdout) == (1, ""), (child.returncode, child.stdout, child.stderr[-2000:])
+
+
+def test_a_loader_worker_whose_fork_server_died_while_it_started_exits():
+    """Under load a worker can still be starting when the training process is killed and its fork server dies
+    with it: the worker is reparented before its worker_init_fn asks to die with the server, and must exit
+    instead of waiting forever on a queue whose other end it holds itself."""
+    code = """
+import os, sys
+from emotrain.signals import fork_server_dies_with_parent, ignore_stop_notices
+fork_server_dies_with_parent()  # this process plays the fork server of the test process
+server = os.getpid()
+if os.fork() == 0:
+    while os.getppid() == server:  # the server is gone before the worker starts
+        pass
+    ignore_stop_notices(0)
+    print("worker still here", flush=True)
+    os._exit(0)
+"""
+    env = dict(os.environ, EMOTRAIN_LOADER_PARENT=str(os.getpid()),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    # The output pipe closes when the worker ends too: nothing printed means the worker exited at its start.
+    server = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert (server.returncode, server.stdout) == (0, ""), (server.returncode, server.stdout, server.stderr[-2000:])
