@@ -7,6 +7,7 @@ checkpoint it wrote at the signal and the killed one from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -49,17 +50,33 @@ def test_search_as_a_job_array_survives_preemption_and_kill_9(split_shards, tmp_
                       f"train.checkpoint_every_steps={EVERY}", "train.warmup_samples=0", "data.num_workers=0",
                       "eval_batch_size=8"],
         "search": {"space": {"train.lr": {"log_uniform": [1e-4, 1e-2]}}, "n_trials": TRIALS,
-                   "pruner": {"name": "none"}, "sampler": {"seed": 3}, "lease_s": 60},
+                   "pruner": {"name": "none"}, "sampler": {"seed": 3}, "lease_s": 900},
     }))
     cmd = [sys.executable, "-m", "emotrain.cli", "sweep", "run", str(file), "--out", str(out), "--slurm", "--wait",
            "--max-parallel", "2", "--cluster", "slurm", "--nodes", "1", "--tasks-per-node", "1", "--cpus-per-task", "1",
            "--partition", "debug", "--time", "10"]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **CPU_ENV}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    poll_until(lambda: checkpointed(out, 0) and checkpointed(out, 1) and lease(out, 0) and lease(out, 1), 400,
-               "the first checkpoint of trials 0 and 1")
+    # The array tasks start apart on a busy machine (seconds to minutes): a trial that has checkpointed is held
+    # (SIGSTOP; its lease outlives the wait) until the other has too, or it could end before the other begins.
+    held: dict[int, dict] = {}
+
+    def both_checkpointed() -> bool:
+        for number in (0, 1):
+            owner = lease(out, number)
+            if number not in held and owner and checkpointed(out, number):
+                os.kill(owner["pid"], signal.SIGSTOP)
+                held[number] = owner
+        return len(held) == 2
+
+    try:
+        poll_until(both_checkpointed, 600, "the first checkpoint of trials 0 and 1")
+    finally:
+        for owner in held.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(owner["pid"], signal.SIGCONT)
     assert proc.poll() is None
-    preempted, killed = lease(out, 0), lease(out, 1)
+    preempted, killed = held[0], held[1]
     assert preempted["task"] != killed["task"], (preempted, killed)  # two tasks, one trial each
     os.kill(killed["pid"], signal.SIGKILL)  # the trial's process dies without a word
     slurm("scancel", "--signal=USR2", preempted["task"])  # what SLURM sends a submitit job before preemption
