@@ -22,10 +22,9 @@ demo: $(STAMP)
 	$(BIN)/emotrain demo
 
 # The `slurm` tests need the local cluster: started here when it is not up (and stopped after).
-# One process by default. TEST_WORKERS=2 runs two xdist workers, each module on one worker (its fixtures built
-# once; tests/conftest.py says which start first); not the default: the SLURM search array test times out
-# beside a busy worker.
-TEST_WORKERS ?= 0
+# Two xdist workers by default, each module on one worker (its fixtures built once; tests/conftest.py says
+# which start first); TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	slurm/local/with_cluster.sh $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
