@@ -13,6 +13,7 @@ from pathlib import Path
 
 import submitit
 
+from emotrain.errors import UserError
 from emotrain.training.rundir import PREEMPTED, RunDir, RunStatus
 
 
@@ -39,17 +40,18 @@ def train_in_process(request: TrainRequest) -> int:
     return run_training(cfg, request.run_dir, dist.read_env())
 
 
-def train_or_requeue(request: TrainRequest) -> RunStatus:
+def train_or_requeue(request: TrainRequest, requeue: bool = True) -> RunStatus:
     """Train in this process (every task of the step runs it, SLURM numbers the ranks). When the run
-    stopped for preemption, its checkpoint is written: hand submitit its signal back, so its own handler
-    requeues the job (on rank 0; the other ranks return the ``preempted`` status)."""
+    stopped for preemption, its checkpoint is written; with ``requeue`` (under submitit) hand submitit its
+    signal back, so its own handler requeues the job (rank 0 does not return; the other ranks return the
+    ``preempted`` status). A failed training raises :class:`UserError` (one line)."""
     code = train_in_process(request)
     if code != 0:
-        raise RuntimeError(f"training exited with {code}")
+        raise UserError(f"training of {request.run_dir} failed (exit {code})")
     status = RunDir(request.run_dir).read_status()
     if status is None:
-        raise RuntimeError("training exited with 0 but wrote no status.json")
-    if status.status == PREEMPTED:
+        raise UserError(f"training of {request.run_dir} exited with 0 but wrote no status.json")
+    if status.status == PREEMPTED and requeue:
         signal.raise_signal(signal.SIGUSR2)
     return status
 

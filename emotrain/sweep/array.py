@@ -19,9 +19,8 @@ import submitit
 
 from emotrain.training.rundir import PREEMPTED
 from emotrain.sweep.layout import COMPLETED, FAILED, RUNNING, PointStatus, SweepDir
-from emotrain.sweep.spec import Point, SweepConfig, expand_points, model_overrides
-from emotrain.names import EVAL_SPLITS
-from emotrain.sweep.steps import stage_env
+from emotrain.sweep.spec import Point, SweepConfig, expand_points
+from emotrain.sweep.steps import InProcessSteps
 
 
 def _find(cfg: SweepConfig, name: str) -> Point:
@@ -37,9 +36,7 @@ class PointJob(submitit.helpers.Checkpointable):
         self.config_file = config_file
 
     def __call__(self) -> str:
-        from emotrain.recipes.evaluate import EvalRequest, evaluate_runs
-        from emotrain.recipes.jobs import TrainRequest, train_or_requeue
-        from emotrain.sweep.runner import fuse_point
+        from emotrain.sweep.runner import run_point
         from emotrain.training import distributed as dist
 
         start = time.perf_counter()
@@ -47,18 +44,13 @@ class PointJob(submitit.helpers.Checkpointable):
         cfg = sweep.read_config()
         point = _find(cfg, self.point_name)
         pdir = sweep.point(point, cfg.models)
-        start_env, env = dict(os.environ), dist.read_env()
+        env = dist.read_env()
         rank = env.rank
+        steps = InProcessSteps(dict(os.environ), env.master_port, requeue=True)
         try:
-            for stage, model in enumerate(cfg.models):
-                stage_env(start_env, env.master_port, stage)
-                request = TrainRequest(cfg.train_config_of(model), pdir.run(model).root, model_overrides(cfg, point, model))
-                if train_or_requeue(request).status == PREEMPTED:
-                    return PREEMPTED  # rank 0 never gets here: submitit requeued the task and exited
-            stage_env(start_env, env.master_port, len(cfg.models))
-            evaluate_runs(EvalRequest([pdir.run(model).root for model in cfg.models], list(EVAL_SPLITS), progress=False))
+            if not run_point(cfg, point, pdir, steps, is_main=rank == 0):
+                return PREEMPTED  # rank 0 never gets here: submitit requeued the task and exited
             if rank == 0:
-                fuse_point(cfg, point, pdir)
                 before = pdir.read_status()
                 pdir.write_status(PointStatus(COMPLETED, time.perf_counter() - start, None,
                                               before.config if before else None, before.data if before else None))

@@ -45,19 +45,23 @@ def fuse_point(cfg: SweepConfig, point: Point, pdir: PointDir) -> None:
                   fusion_overrides(cfg, point))
 
 
-def run_point(cfg: SweepConfig, point: Point, pdir: PointDir, steps: PointSteps) -> bool:
+def run_point(cfg: SweepConfig, point: Point, pdir: PointDir, steps: PointSteps, is_main: bool = True) -> bool:
     """Train, evaluate and fuse one point; raises ConfigError (one line) on failure; False when a training stopped
-    on a signal (its checkpoint written: the next run of the sweep resumes it)."""
+    on a signal (its checkpoint written: the next run of the sweep, or the requeued task, resumes it). Collective
+    when ``steps`` are (every rank of an array task calls it); rank 0 alone reports and fuses."""
     runs = [pdir.run(model).root for model in cfg.models]
     for model, run_dir in zip(cfg.models, runs):
-        say(f"{point.name}: train {model}")
+        if is_main:
+            say(f"{point.name}: train {model}")
         if not steps.train(cfg.train_config_of(model), run_dir, model_overrides(cfg, point, model), prune=False):
             return False
-    say(f"{point.name}: evaluate on val and test")
+    if is_main:
+        say(f"{point.name}: evaluate on val and test")
     steps.evaluate(runs)
-    if cfg.pair is not None:
-        say(f"{point.name}: fuse")
-    fuse_point(cfg, point, pdir)
+    if is_main:
+        if cfg.pair is not None:
+            say(f"{point.name}: fuse")
+        fuse_point(cfg, point, pdir)
     return True
 
 

@@ -9,14 +9,12 @@ start-up, paid once instead of once per step). :func:`local_steps` picks for a l
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from emotrain.errors import UserError
 from emotrain.names import EVAL_SPLITS
 from emotrain.recipes import workflow
 from emotrain.training.distributed import free_port
@@ -74,7 +72,7 @@ class LocalSteps:
 
 class InProcessSteps:
     """The steps in this process (every rank of an array task, or the one local process): no interpreter and
-    library start-up per step; each stage rendezvous on a port of its own (see PointJob)."""
+    library start-up per step; each stage rendezvous on a port of its own (see :func:`stage_env`)."""
 
     def __init__(self, start_env: dict[str, str], base_port: int, requeue: bool) -> None:
         self.start_env, self.base_port, self.stage = start_env, base_port, 0
@@ -85,20 +83,13 @@ class InProcessSteps:
         self.stage += 1
 
     def train(self, config: str, run_dir: Path, overrides: list[str], prune: bool) -> bool:
-        from emotrain.recipes.jobs import TrainRequest, train_in_process
-        from emotrain.training.rundir import PREEMPTED, RunDir
+        from emotrain.recipes.jobs import TrainRequest, train_or_requeue
+        from emotrain.training.rundir import PREEMPTED
 
         self._next_stage()
         with hook_env(prune):
-            code = train_in_process(TrainRequest(config, run_dir, overrides))
-        status = RunDir(run_dir).read_status()
-        if code != 0 or status is None:
-            raise UserError(f"training of {run_dir} failed (exit {code})")
-        if status.status == PREEMPTED:
-            if self.requeue:  # submitit's handler requeues the task; rank 0 does not return from it
-                signal.raise_signal(signal.SIGUSR2)
-            return False
-        return True
+            status = train_or_requeue(TrainRequest(config, run_dir, overrides), requeue=self.requeue)
+        return status.status != PREEMPTED
 
     def evaluate(self, run_dirs: list[Path]) -> None:
         from emotrain.recipes.evaluate import EvalRequest, evaluate_runs
