@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
@@ -64,7 +63,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import default_collate
 
-from emotrain.data.frame_slots import FrameSlots, frames_buffer
+from emotrain.data.frame_slots import FrameSlots, frames_buffer, media_zeros
 from emotrain.data.frame_slots import install as install_frame_slots
 from emotrain.data.manifest import Manifest
 from emotrain.data.media import AudioConfig, MediaError, VideoConfig, decode_audio, decode_video, resize_frames
@@ -395,21 +394,6 @@ def stack_clips(clips: list[torch.Tensor | None], cfg: VideoConfig) -> torch.Ten
     blank = torch.zeros(cfg.num_frames, 3, height, width, dtype=torch.uint8)
     # default_collate stacks straight into shared memory inside a loader worker (no extra copy).
     return default_collate([blank if c is None else c for c in clips])
-
-
-def media_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A zeroed batch tensor, allocated in shared memory when built in a loader worker.
-
-    A worker's tensors reach the main process through shared memory; one allocated elsewhere is
-    copied there when the batch is sent (what ``default_collate`` avoids the same way). A new
-    shared-memory segment already reads as zeros (a new file grown by ``ftruncate``), so it is
-    not zeroed a second time. Allocating it costs time in proportion to its size (about 0.5 ms
-    per MB here), one reason the audio is sent one row per distinct clip.
-    """
-    if torch.utils.data.get_worker_info() is None:
-        return torch.zeros(shape, dtype=dtype)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 class TurnBatches(torch.utils.data.IterableDataset):
