@@ -66,3 +66,21 @@ def make_system(root: Path, shards: Path, seed: int = 0) -> dict[str, Path]:
     assert main(["bundle", "--audio", str(paths["audio"]), "--fusion", str(paths["fusion"]),
                  "--out", str(paths["bundle_audio"])]) == 0
     return paths
+
+
+def predict(*args: str) -> None:
+    """``emotrain predict ARGS --no-progress``, which must succeed."""
+    assert main(["predict", *map(str, args), "--no-progress"]) == 0
+
+
+def corpus_and_system(root: Path) -> dict:
+    """The predict tests' setting: a 20-conversation corpus, its shards (the test split in at least two shards,
+    one per rank) and the stand-in system made on them."""
+    from corpus import make_corpus, make_shards
+    from emotrain.data.splits import SplitRecipe
+
+    corpus = make_corpus(root / "corpus", conversations=20, seed=5)
+    shards = root / "shards" / "p"
+    manifests = make_shards(corpus, shards, recipe=SplitRecipe(0.3, 0.3, seed=0), shard_mb=100.0, max_per_shard=3)
+    assert len(manifests["test"].shards) >= 2
+    return {"root": root, "corpus": corpus, "shards": shards, "manifests": manifests, **make_system(root / "sys", shards)}

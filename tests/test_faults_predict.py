@@ -16,7 +16,12 @@ from emotrain.data.avamerg import RecordError, parse_conversation, read_conversa
 from emotrain.errors import UserError
 from emotrain.inference.bundle import load_bundle
 from emotrain.inference.predict import Predictor
-from test_predict import predict, system  # noqa: F401 - the module's stand-in system, reused
+from predict_system import corpus_and_system, predict
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    return corpus_and_system(tmp_path_factory.mktemp("predict"))
 
 
 def one_line_error(capsys, command: str) -> str:
@@ -25,19 +30,19 @@ def one_line_error(capsys, command: str) -> str:
     return err
 
 
-def records_of(system) -> list[dict]:  # noqa: F811
+def records_of(system) -> list[dict]:
     return json.loads((system["corpus"] / "train.json").read_text())
 
 
 # -- input that cannot be represented ---------------------------------------------------------------------
 
-def test_an_id_with_a_trailing_newline_is_refused_not_kept_beside_the_real_one(system):  # noqa: F811
+def test_an_id_with_a_trailing_newline_is_refused_not_kept_beside_the_real_one(system):
     record = records_of(system)[0]
     with pytest.raises(RecordError, match="unsafe"):
         parse_conversation({**record, "conversation_id": record["conversation_id"] + "\n"})
 
 
-def test_a_lone_surrogate_skips_its_record_with_the_reason(system, tmp_path):  # noqa: F811
+def test_a_lone_surrogate_skips_its_record_with_the_reason(system, tmp_path):
     records = records_of(system)
     bad = json.loads(json.dumps(records[0]))
     for turn in bad["turns"]:
@@ -53,7 +58,7 @@ def test_a_lone_surrogate_skips_its_record_with_the_reason(system, tmp_path):  #
         predictor.predict_conversation(bad, media=system["corpus"])
 
 
-def test_text_given_for_clip_bytes_is_skipped_and_unused_names_are_reported(system):  # noqa: F811
+def test_text_given_for_clip_bytes_is_skipped_and_unused_names_are_reported(system):
     predictor = Predictor.load(system["bundle"])
     record = records_of(system)[0]
     cid = record["conversation_id"]
@@ -73,7 +78,7 @@ def test_text_given_for_clip_bytes_is_skipped_and_unused_names_are_reported(syst
 
 # -- outputs checked before the work, written as a whole ---------------------------------------------------
 
-def test_an_out_under_a_file_is_one_line_before_any_work(system, tmp_path, capsys):  # noqa: F811
+def test_an_out_under_a_file_is_one_line_before_any_work(system, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     # A bundle that does not exist: the --out check comes first, so it is what the line names.
@@ -88,7 +93,7 @@ def test_an_out_under_a_file_is_one_line_before_any_work(system, tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing half-written beside it
 
 
-def test_predicting_into_an_earlier_result_leaves_none_of_its_files(system, tmp_path):  # noqa: F811
+def test_predicting_into_an_earlier_result_leaves_none_of_its_files(system, tmp_path):
     out = tmp_path / "out"
     predict(system["bundle"], "--shards", system["shards"], "--split", "test", "--out", out, "--csv")
     assert (out / "predictions.csv").is_file()
@@ -105,7 +110,7 @@ def test_predicting_into_an_earlier_result_leaves_none_of_its_files(system, tmp_
 
 # -- a bundle is self-contained, and what it says is what its weights mean ---------------------------------
 
-def copy_bundle(system, tmp_path: Path) -> tuple[Path, dict]:  # noqa: F811
+def copy_bundle(system, tmp_path: Path) -> tuple[Path, dict]:
     bundle = tmp_path / "bundle"
     shutil.copytree(system["bundle"], bundle)
     return bundle, json.loads((bundle / "bundle.json").read_text())
@@ -120,7 +125,7 @@ def rewrite(bundle: Path, info: dict, rel: str, text: str | None = None) -> None
     (bundle / "bundle.json").write_text(json.dumps(info))
 
 
-def test_a_tokenizer_outside_the_bundle_is_refused_however_it_is_named(system, tmp_path):  # noqa: F811
+def test_a_tokenizer_outside_the_bundle_is_refused_however_it_is_named(system, tmp_path):
     outside = tmp_path / "outside_tokenizer"
     bundle, info = copy_bundle(system, tmp_path)
     shutil.copytree(bundle / "audio" / "tokenizer", outside)
@@ -150,7 +155,7 @@ def test_a_tokenizer_outside_the_bundle_is_refused_however_it_is_named(system, t
         load_bundle(bundle)
 
 
-def test_a_missing_encoder_config_is_one_line_not_library_defaults(system, tmp_path):  # noqa: F811
+def test_a_missing_encoder_config_is_one_line_not_library_defaults(system, tmp_path):
     bundle, info = copy_bundle(system, tmp_path)
     model_yaml = (bundle / "audio" / "model.yaml").read_text()
     assert "pretrained: null" in model_yaml  # the stand-in's tiny encoders are built from config dicts
@@ -163,7 +168,7 @@ def test_a_missing_encoder_config_is_one_line_not_library_defaults(system, tmp_p
         load_bundle(bundle)
 
 
-def test_reordered_classes_or_infinite_temperatures_are_refused(system, tmp_path, capsys):  # noqa: F811
+def test_reordered_classes_or_infinite_temperatures_are_refused(system, tmp_path, capsys):
     bundle, info = copy_bundle(system, tmp_path)
     swapped = list(info["classes"])
     swapped[0], swapped[1] = swapped[1], swapped[0]
@@ -184,3 +189,4 @@ def test_reordered_classes_or_infinite_temperatures_are_refused(system, tmp_path
     with pytest.raises(UserError, match="finite"):
         load_bundle(bundle)
     assert not (tmp_path / "o").exists()
+

@@ -19,7 +19,7 @@ REPO = TESTS.parent
 CHILD = """
 import sys, time
 import psutil
-from test_stream import data_config
+from helpers import data_config
 from emotrain.data.stream import Modalities, build_loader
 loader, _ = build_loader(data_config(sys.argv[1], num_workers=2), "train", Modalities(False, False), 2, train=True)
 batches = iter(loader)
@@ -66,7 +66,7 @@ def test_no_loader_process_outlives_the_process_it_serves(five_shards, sig):
 def test_a_run_folder_removed_during_training_ends_it_with_one_line_and_no_process_left(split_shards, tmp_path):
     import shutil
 
-    from test_engine_runs import child_env, kill9_tree, wait_for
+    from helpers import child_env, kill9_tree, wait_for
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "emotrain.cli", "train", "demo/audio_text", "--run-dir", str(run),

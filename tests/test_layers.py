@@ -122,6 +122,23 @@ def test_the_readme_map_lists_every_subpackage_in_layer_order() -> None:
     assert positions == sorted(positions), f"README's map does not list {ordered} in layer order"
 
 
+def test_no_test_module_imports_another() -> None:
+    """What several test modules use lives in helper modules (``helpers.py``, ``corpus.py``, ...): a test module
+    imported by another brings its fixtures along as a second copy, and ties the two modules' edits together."""
+    tests = Path(__file__).resolve().parent
+    found = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno}: {name}" for name in names if name.split(".")[0].startswith("test_")]
+    assert found == [], found
+
+
 @pytest.mark.parametrize("importer, imported, expected, cycle", [
     ("data/stream.py", "from emotrain.training.engine import fit", "data (layer 1) imports emotrain.training.engine", True),
     ("training/engine.py", "from emotrain.recipes.train import run_training", "training (layer 3) imports emotrain.recipes",

@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corpus import make_corpus, make_shards
 from emotrain.fusion.fusion_file import FusionSummary
 from emotrain.cli import main
-from emotrain.data.splits import SplitRecipe
 from emotrain.errors import UserError
 from emotrain.evaluation.metrics import softmax
 from emotrain.evaluation.predictions import load_predictions
@@ -24,23 +22,14 @@ from emotrain.fusion.pipeline import restore_strategy
 from emotrain.inference.bundle import load_bundle
 from emotrain.inference.outputs import read_predictions
 from emotrain.inference.predict import Predictor
-from predict_system import REPO, make_system
+from predict_system import REPO, corpus_and_system, predict
 
 TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict")
-    corpus = make_corpus(root / "corpus", conversations=20, seed=5)
-    shards = root / "shards" / "p"
-    manifests = make_shards(corpus, shards, recipe=SplitRecipe(0.3, 0.3, seed=0), shard_mb=100.0, max_per_shard=3)
-    assert len(manifests["test"].shards) >= 2  # two ranks each get a shard
-    return {"root": root, "corpus": corpus, "shards": shards, "manifests": manifests, **make_system(root / "sys", shards)}
-
-
-def predict(*args: str) -> None:
-    assert main(["predict", *map(str, args), "--no-progress"]) == 0
+    return corpus_and_system(tmp_path_factory.mktemp("predict"))
 
 
 def rows_by_key(out: Path) -> dict[str, dict]:
