@@ -190,3 +190,18 @@ def test_reordered_classes_or_infinite_temperatures_are_refused(system, tmp_path
         load_bundle(bundle)
     assert not (tmp_path / "o").exists()
 
+
+def test_turns_come_by_conversation_then_turn_number_past_turn_nine():
+    """Turn keys sorted as text put ``c_10`` before ``c_2``: a conversation's rows out of order in predictions.csv."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from emotrain.evaluation.gather import Scored
+
+    predictor = Predictor.__new__(Predictor)  # the ordering alone: one model, no fusion, no weights
+    predictor.bundle = SimpleNamespace(models={"audio": None}, strategy=None, classes=["happy", "sad"],
+                                       info=SimpleNamespace(models={"audio": SimpleNamespace(temperature=1.0)}))
+    keys = ["c1_10", "c1_2", "c0_1", "c1_9"]
+    turns = predictor.combine({"audio": Scored(keys, np.zeros((4, 2), np.float32), np.zeros(4, np.int64))})
+    assert [(t.conversation_id, t.turn_id) for t in turns] == [("c0", 1), ("c1", 2), ("c1", 9), ("c1", 10)]

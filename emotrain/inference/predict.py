@@ -183,9 +183,10 @@ class Predictor:
         return scored, skipped
 
     def combine(self, scored: dict[str, Scored]) -> list[TurnPrediction]:
-        """Fused and per-model probabilities per turn key (sorted), from each model's gathered scores."""
+        """Fused and per-model probabilities per turn, by conversation and then turn number (turn 10 after turn 9),
+        from each model's gathered scores."""
         names = list(self.bundle.models)
-        keys = sorted(set().union(*(s.keys for s in scored.values())))
+        keys = sorted(set().union(*(s.keys for s in scored.values())), key=split_key)
         n, c = len(keys), len(self.classes)
         if n == 0:
             return []
