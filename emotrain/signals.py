@@ -116,7 +116,8 @@ def _watch(parent: int) -> None:
     threading.Thread(target=poll, name="emotrain-parent-watch", daemon=True).start()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with this pid exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -136,5 +137,5 @@ def fork_server_dies_with_parent() -> None:
         global _fork_server_pid
         _fork_server_pid = os.getpid()
         die_with_parent()
-    elif not _alive(int(expected)):  # the training process died while this server was still importing (a busy
+    elif not process_alive(int(expected)):  # the training process died while this server was still importing (a busy
         os._exit(1)                  # machine): it was reparented before it could ask to die with it

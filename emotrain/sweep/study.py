@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 from emotrain.errors import UserError
 from emotrain.files import write_atomic
+from emotrain.signals import process_alive
 from emotrain.sweep.layout import PointDir, SweepDir
 from emotrain.sweep.spec import Point, Setting, SweepConfig
 
@@ -122,14 +123,7 @@ class Lease:
         """Not renewed for ``lease_s``, or held by a process of this host that is gone."""
         if (now if now is not None else time.time()) - self.renewed > lease_s:
             return True
-        if self.host == socket.gethostname():
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
-        return False
+        return self.host == socket.gethostname() and not process_alive(self.pid)
 
 
 def read_lease(pdir: PointDir) -> Lease | None:
