@@ -89,7 +89,7 @@ def split_shards(corpus13, tmp_path_factory):
 # Parallel runs (``pytest -n 2 --dist loadfile``, what ``make test`` does): each module runs on one worker (its
 # module fixtures are built once), and the modules that take minutes start first, so the two workers finish
 # together instead of one starting the demo last. Measured on a fresh clone (seconds, one worker): the demo
-# 375, the SLURM train tests 260, train_runs 250, slurm_search 60 (230 beside another worker), slurm_sweep 100,
+# 375, the SLURM train tests 260, train_runs 250, slurm_search 60 (60-70 beside another worker), slurm_sweep 100,
 # offline_install 95, search_local 100, engine_runs 150.
 # The SLURM modules follow each other, so they mostly land on one worker (their tests take turns anyway).
 FIRST = ("test_demo", "test_slurm_train", "test_slurm_search", "test_slurm_sweep", "test_train_runs",

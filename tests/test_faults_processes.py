@@ -30,6 +30,12 @@ time.sleep(600)
 """
 
 
+def python_env(*paths: Path, **extra: str) -> dict[str, str]:
+    """This environment plus ``extra``, with the checkout (then ``paths``) importable by a child ``python -c``."""
+    path = os.pathsep.join([str(REPO), *map(str, paths), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, **extra, "PYTHONPATH": path}
+
+
 def alive(pids: list[int]) -> list[int]:
     left = []
     for pid in pids:
@@ -44,7 +50,7 @@ def alive(pids: list[int]) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_no_loader_process_outlives_the_process_it_serves(five_shards, sig):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    env = python_env(TESTS)
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(five_shards)], stdout=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
     try:
@@ -103,8 +109,7 @@ def test_a_fork_server_whose_training_process_died_while_it_started_exits():
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     code = "from emotrain.signals import fork_server_dies_with_parent as f; f(); print('still here')"
-    env = dict(os.environ, EMOTRAIN_LOADER_PARENT=str(gone.pid),
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = python_env(EMOTRAIN_LOADER_PARENT=str(gone.pid))
     child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert (child.returncode, child.stdout) == (1, ""), (child.returncode, child.stdout, child.stderr[-2000:])
 
@@ -125,8 +130,7 @@ if os.fork() == 0:
     print("worker still here", flush=True)
     os._exit(0)
 """
-    env = dict(os.environ, EMOTRAIN_LOADER_PARENT=str(os.getpid()),
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env = python_env(EMOTRAIN_LOADER_PARENT=str(os.getpid()))
     # The output pipe closes when the worker ends too: nothing printed means the worker exited at its start.
     server = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert (server.returncode, server.stdout) == (0, ""), (server.returncode, server.stdout, server.stderr[-2000:])
